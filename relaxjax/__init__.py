@@ -1,0 +1,24 @@
+"""relaxjax: PDE-based relaxation optimizers for JAX and Optax.
+
+Entropy-SGD (local entropy, viscous Hamilton-Jacobi) and the Hopf-Lax
+relaxation of Chaudhari, Oberman, Osher, Soatto, Carlier, *Deep Relaxation:
+partial differential equations for optimizing deep neural networks* (2018),
+as composable Optax gradient transformations.
+"""
+
+from relaxjax.alias import entropy_adam, entropy_sgd, hj_sgd
+from relaxjax.relaxation import GradFn, RelaxationState, hopf_lax, local_entropy
+from relaxjax.schedules import scoping
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "GradFn",
+    "RelaxationState",
+    "entropy_adam",
+    "entropy_sgd",
+    "hj_sgd",
+    "hopf_lax",
+    "local_entropy",
+    "scoping",
+]
