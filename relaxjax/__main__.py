@@ -1,0 +1,5 @@
+import sys
+
+from relaxjax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""The networks of Deep Relaxation / Entropy-SGD, and a functional adapter for any Flax model.
+
+Architectures follow the authors' public PyTorch code (``python/models.py`` of
+the Entropy-SGD repository), as summarised in section 3 of
+``docs/deep-relaxation.md`` (Chaudhari et al., *Deep Relaxation*, 2018;
+*Entropy-SGD*, ICLR 2017):
+
+* :class:`MnistFC` (``mnistfc``): input dropout 0.2, 784-1024-1024-10 with
+  BatchNorm, ReLU and dropout 0.5 after each hidden layer.
+* :class:`LeNet` (``lenet``, the paper's ``mnistconv``): two
+  conv5x5-BN-ReLU-maxpool-dropout blocks (20 and 50 channels, pools 3 and 2),
+  then 200-500-10 with BN, ReLU and dropout 0.5.
+* :class:`AllCNN` (``allcnn``): All-CNN-C with BN (Springenberg et al. 2015),
+  c1 = 96, c2 = 192, input dropout 0.2, global average pooling.
+
+Details kept from the original code: every convolution/dense layer has a
+bias (also before BN); BN comes *before* ReLU; the final 1x1 convolution of
+All-CNN is also followed by BN and ReLU (so All-CNN's logits are
+non-negative, exactly as in the reference code); max-pooling is
+non-overlapping with floor rounding. BatchNorm uses PyTorch's defaults,
+momentum 0.1 on the new statistic (``momentum=0.9`` in Flax) and
+``epsilon=1e-5``; Flax's running variance uses the biased batch variance
+where PyTorch uses the unbiased one. Initialisation is Flax's default
+(LeCun-normal kernels, zero biases; BN scale 1, bias 0), not PyTorch's
+uniform fan-in init; with BN after every layer the difference is minor.
+
+Inputs are NHWC (``(N, 28, 28, 1)`` for MNIST, ``(N, 32, 32, 3)`` for CIFAR)
+and are cast to float32; scaling/whitening is the data pipeline's job.
+
+:func:`functional` turns a :mod:`flax.linen` module or a :mod:`flax.nnx`
+module into a :class:`FunctionalModel` ``(init, apply)`` pair whose
+parameters and state are plain nested dicts of arrays, which is what the
+Optax-style training code of relaxjax works with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = [
+    "Params",
+    "ModelState",
+    "FunctionalModel",
+    "MnistFC",
+    "LeNet",
+    "AllCNN",
+    "MODELS",
+    "get_module",
+    "get_model",
+    "functional",
+    "count_params",
+]
+
+Params = Any
+"""A pytree (nested dict) of trainable arrays."""
+ModelState = dict[str, Any]
+"""Non-trainable model state, e.g. ``{"batch_stats": ...}``; ``{}`` if none."""
+
+_BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum 0.1
+_BN_EPSILON = 1e-5
+
+
+class FunctionalModel(NamedTuple):
+    """A model as two pure functions.
+
+    ``init(key, sample_input) -> (params, model_state)``
+
+    ``apply(params, model_state, x, *, train, dropout_key=None) ->
+    (logits, new_model_state)``: in train mode dropout is on (masks drawn
+    from ``dropout_key``) and BatchNorm uses and updates batch statistics;
+    in eval mode dropout is off, running statistics are used and
+    ``new_model_state`` is ``model_state``.
+    """
+
+    init: Callable[[jax.Array, jax.Array], tuple[Params, ModelState]]
+    apply: Callable[..., tuple[jax.Array, ModelState]]
+
+
+def _bn(train: bool) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON)
+
+
+class MnistFC(nn.Module):
+    """``mnistfc`` of Entropy-SGD / Deep Relaxation (1,867,786 parameters for 10 classes)."""
+
+    num_classes: int = 10
+    hidden: int = 1024
+    input_dropout: float = 0.2
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = jnp.asarray(x, jnp.float32).reshape((x.shape[0], -1))
+        x = nn.Dropout(self.input_dropout, deterministic=not train)(x)
+        for _ in range(2):
+            x = nn.Dense(self.hidden)(x)
+            x = nn.relu(_bn(train)(x))
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class LeNet(nn.Module):
+    """The paper's LeNet (``mnistconv`` in the original code), for 28x28 inputs."""
+
+    num_classes: int = 10
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = jnp.asarray(x, jnp.float32)
+        for features, pool in ((20, 3), (50, 2)):
+            x = nn.Conv(features, (5, 5), padding="VALID")(x)
+            x = nn.relu(_bn(train)(x))
+            x = nn.max_pool(x, (pool, pool), strides=(pool, pool))
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = x.reshape((x.shape[0], -1))  # 50 * 2 * 2 = 200 for 28x28 inputs
+        x = nn.Dense(500)(x)
+        x = nn.relu(_bn(train)(x))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class AllCNN(nn.Module):
+    """All-CNN-C with BatchNorm (``allcnn``), c1 = 96, c2 = 192, for 32x32 inputs."""
+
+    num_classes: int = 10
+    c1: int = 96
+    c2: int = 192
+    input_dropout: float = 0.2
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        def convbn(x: jax.Array, features: int, kernel: int, stride: int = 1) -> jax.Array:
+            pad = (kernel - 1) // 2  # PyTorch-style symmetric padding (1 for 3x3, 0 for 1x1)
+            x = nn.Conv(
+                features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad),) * 2
+            )(x)
+            return nn.relu(_bn(train)(x))
+
+        x = jnp.asarray(x, jnp.float32)
+        x = nn.Dropout(self.input_dropout, deterministic=not train)(x)
+        x = convbn(x, self.c1, 3)
+        x = convbn(x, self.c1, 3)
+        x = convbn(x, self.c1, 3, stride=2)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.c2, 3, stride=2)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.num_classes, 1)
+        return jnp.mean(x, axis=(1, 2))  # global average pooling (8x8 for 32x32 inputs)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mnistfc": MnistFC,
+    "lenet": LeNet,
+    "mnistconv": LeNet,
+    "allcnn": AllCNN,
+}
+
+
+def get_module(name: str, num_classes: int = 10) -> nn.Module:
+    """The linen module called ``name`` (see :data:`MODELS`)."""
+    key = name.lower()
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    return MODELS[key](num_classes=num_classes)
+
+
+def get_model(name: str, num_classes: int = 10) -> FunctionalModel:
+    """:class:`FunctionalModel` of the paper's network ``name``.
+
+    ``name`` is ``"mnistfc"``, ``"lenet"`` (alias ``"mnistconv"``) or
+    ``"allcnn"``; unknown names raise ``ValueError`` listing the valid ones.
+    """
+    return functional(get_module(name, num_classes))
+
+
+def _linen_functional(module: nn.Module, train_kwarg: str | None) -> FunctionalModel:
+    def mode(train: bool) -> dict[str, bool]:
+        return {train_kwarg: train} if train_kwarg else {}
+
+    def init(key: jax.Array, sample_input: jax.Array) -> tuple[Params, ModelState]:
+        variables = dict(module.init({"params": key}, sample_input, **mode(False)))
+        params = variables.pop("params", {})
+        return params, variables
+
+    def apply(
+        params: Params,
+        model_state: ModelState,
+        x: jax.Array,
+        *,
+        train: bool,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, ModelState]:
+        variables = {"params": params, **model_state}
+        rngs = {"dropout": dropout_key} if dropout_key is not None else None
+        if train and model_state:
+            logits, updates = module.apply(
+                variables, x, rngs=rngs, mutable=list(model_state), **mode(True)
+            )
+            return logits, {**model_state, **updates}
+        return module.apply(variables, x, rngs=rngs, **mode(train)), model_state
+
+    return FunctionalModel(init, apply)
+
+
+def _nnx_functional(model: nnx.Module) -> FunctionalModel:
+    graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    params0 = nnx.to_pure_dict(params)
+    rng0 = nnx.to_pure_dict(rng_state)
+    rest0 = nnx.to_pure_dict(rest)
+    tags = sorted({v.tag for _, v in nnx.to_flat_state(rng_state) if isinstance(v, nnx.RngKey)})
+
+    def init(key: jax.Array, sample_input: jax.Array) -> tuple[Params, ModelState]:
+        del key, sample_input  # an nnx module is already initialised (by its own nnx.Rngs)
+        return params0, rest0
+
+    def apply(
+        params: Params,
+        model_state: ModelState,
+        x: jax.Array,
+        *,
+        train: bool,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, ModelState]:
+        # Merging pure dicts builds fresh Variables: the user's module is never mutated.
+        m = nnx.merge(graphdef, params, rng0, model_state)
+        if train:
+            m.train()
+        else:
+            m.eval()
+        if tags:
+            if dropout_key is not None:
+                keys = {t: jax.random.fold_in(dropout_key, i) for i, t in enumerate(tags)}
+                nnx.reseed(m, **keys)
+            elif train:
+                raise ValueError("train=True needs a dropout_key for this nnx model's RNG streams")
+        logits = m(x)
+        if not train:
+            return logits, model_state
+        _, _, _, new_rest = nnx.split(m, nnx.Param, nnx.RngState, ...)
+        return logits, nnx.to_pure_dict(new_rest)
+
+    return FunctionalModel(init, apply)
+
+
+def functional(
+    model: nn.Module | nnx.Module, *, train_kwarg: str | None = "train"
+) -> FunctionalModel:
+    """Wrap a Flax model as a :class:`FunctionalModel`.
+
+    * ``flax.linen`` module: called as ``module(x, train=...)`` (rename the
+      keyword with ``train_kwarg``, or ``None`` if it takes none); dropout
+      uses the ``"dropout"`` RNG collection; every non-``params`` collection
+      (e.g. ``batch_stats``) is the model state and is mutable in train
+      mode. ``init`` initialises with the given key in eval mode.
+    * ``flax.nnx`` module (already initialised): split into ``nnx.Param``
+      (params), RNG state (kept inside the adapter) and all other variables
+      (model state, e.g. ``BatchStat``). ``apply`` merges them, switches
+      ``.train()``/``.eval()``, reseeds every RNG stream from
+      ``dropout_key`` and returns the updated non-param state. ``init``
+      ignores its key and returns the module's current values. Dropout
+      layers must be built with ``rngs=`` so that they own their stream.
+
+    Params and state are plain nested dicts of arrays in both cases.
+    """
+    if isinstance(model, nnx.Module):
+        return _nnx_functional(model)
+    if isinstance(model, nn.Module):
+        return _linen_functional(model, train_kwarg)
+    raise TypeError(f"expected a flax.linen or flax.nnx Module, got {type(model).__name__}")
+
+
+def count_params(params: Params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))

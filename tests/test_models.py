@@ -1,0 +1,188 @@
+"""The paper's networks and the linen/nnx functional adapter."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from relaxjax import models
+
+MNIST = (2, 28, 28, 1)
+CIFAR = (2, 32, 32, 3)
+
+
+def x_of(shape, seed=0):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+@functools.cache
+def built(name: str, num_classes: int = 10):
+    """(model, params, state, jitted apply) -- built once per test session."""
+    model = models.get_model(name, num_classes)
+    shape = CIFAR if name == "allcnn" else MNIST
+    params, state = jax.jit(model.init)(jax.random.key(0), jnp.zeros(shape))
+    apply = jax.jit(model.apply, static_argnames="train")
+    return model, params, state, apply
+
+
+@pytest.mark.parametrize(
+    "name, shape, classes",
+    [("mnistfc", MNIST, 10), ("lenet", MNIST, 10), ("allcnn", CIFAR, 10), ("allcnn", CIFAR, 100)],
+)
+def test_output_shapes(name, shape, classes):
+    _, params, state, apply = built(name, classes)
+    logits, _ = apply(params, state, x_of(shape), train=False)
+    assert logits.shape == (2, classes) and logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="mnistfc.*lenet.*allcnn"):
+        models.get_model("resnet")
+    assert isinstance(models.get_module("mnistconv"), models.LeNet)
+
+
+def test_parameter_counts():
+    _, p, s, _ = built("mnistfc")
+    # 784*1024+1024 + 1024*1024+1024 + 1024*10+10 = 1,863,690 (dense) + 2*2*1024 (BN affine)
+    assert models.count_params(p) == 1_867_786
+    kernels = [v for path, v in jax.tree_util.tree_leaves_with_path(p) if "kernel" in str(path)]
+    assert sum(k.size for k in kernels) == 1_861_632
+    assert models.count_params(s) == 4096  # running mean and var
+    assert models.count_params(built("lenet")[1]) == 132_220
+    assert models.count_params(built("allcnn")[1]) == 1_667_166
+
+
+@pytest.mark.parametrize("name", ["mnistfc", "lenet"])
+def test_eval_mode_is_deterministic_and_uses_running_stats(name):
+    _, params, state, apply = built(name)
+    x = x_of(MNIST)
+    a, s1 = apply(params, state, x, train=False, dropout_key=jax.random.key(1))
+    b, _ = apply(params, state, x, train=False, dropout_key=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert s1 is state or jax.tree.all(jax.tree.map(jnp.array_equal, s1, state))
+    # per-example output does not depend on the rest of the batch (no batch statistics)
+    single, _ = apply(params, state, x[:1], train=False)
+    np.testing.assert_allclose(single[0], a[0], rtol=1e-5, atol=1e-5)
+    # and changing the running statistics changes the output
+    shifted = jax.tree.map(lambda v: v + 1.0, state)
+    c, _ = apply(params, shifted, x, train=False)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", ["mnistfc", "lenet"])
+def test_train_mode_dropout_and_batch_stats(name):
+    _, params, state, apply = built(name)
+    x = x_of(MNIST)
+    a, new_state = apply(params, state, x, train=True, dropout_key=jax.random.key(1))
+    a2, _ = apply(params, state, x, train=True, dropout_key=jax.random.key(1))
+    b, _ = apply(params, state, x, train=True, dropout_key=jax.random.key(2))
+    np.testing.assert_array_equal(a, a2)
+    assert not np.allclose(a, b)
+    changed = jax.tree.map(lambda u, v: not np.array_equal(u, v), new_state, state)
+    assert all(jax.tree.leaves(changed))  # every running mean/var moved
+    assert set(new_state) == {"batch_stats"}
+
+
+def test_allcnn_train_mode_updates_stats():
+    _, params, state, apply = built("allcnn")
+    _, new_state = apply(params, state, x_of(CIFAR), train=True, dropout_key=jax.random.key(0))
+    assert not np.array_equal(jax.tree.leaves(new_state)[0], jax.tree.leaves(state)[0])
+
+
+# ------------------------------------------------------------------ user models via functional()
+class LinenUser(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dense(16)(x)
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
+        return nn.Dense(3)(x)
+
+
+class NnxUser(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(4, 16, rngs=rngs)
+        self.bn = nnx.BatchNorm(16, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+
+
+def toy_problem():
+    kx, kw = jax.random.split(jax.random.key(42))
+    x = jax.random.normal(kx, (64, 4))
+    y = jnp.argmax(x @ jax.random.normal(kw, (4, 3)), axis=-1)
+    return x, y
+
+
+def train_loss_drops(model: models.FunctionalModel, steps=30):
+    x, y = toy_problem()
+    params, state = model.init(jax.random.key(0), x)
+    opt = optax.sgd(0.1, momentum=0.9)
+    opt_state = opt.init(params)
+
+    def loss_fn(p, s, key):
+        logits, new_s = model.apply(p, s, x, train=True, dropout_key=key)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_s
+
+    @jax.jit
+    def step(p, s, o, key):
+        (loss, new_s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, key)
+        updates, o = opt.update(g, o, p)
+        return optax.apply_updates(p, updates), new_s, o, loss
+
+    def eval_loss(p, s):
+        logits, _ = model.apply(p, s, x, train=False)
+        return float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+
+    before = eval_loss(params, state)
+    for i in range(steps):
+        params, state, opt_state, _ = step(params, state, opt_state, jax.random.key(i))
+    after = eval_loss(params, state)
+    assert after < 0.5 * before, (before, after)
+    return params, state
+
+
+def test_linen_user_model_trains():
+    params, state = train_loss_drops(models.functional(LinenUser()))
+    assert set(state) == {"batch_stats"} and "Dense_0" in params
+
+
+def test_nnx_user_model_trains_and_is_not_mutated():
+    user = NnxUser(nnx.Rngs(0))
+    kernel0 = np.array(user.l1.kernel[...])
+    mean0 = np.array(user.bn.mean[...])
+    model = models.functional(user)
+    params, state = train_loss_drops(model)
+    assert isinstance(params, dict) and set(params) == {"l1", "bn", "l2"}
+    assert set(state) == {"bn"} and set(state["bn"]) == {"mean", "var"}
+    assert not np.allclose(state["bn"]["mean"], mean0)  # running stats were returned updated
+    np.testing.assert_array_equal(user.l1.kernel[...], kernel0)  # the user's module untouched
+    np.testing.assert_array_equal(user.bn.mean[...], mean0)
+
+
+def test_nnx_modes():
+    model = models.functional(NnxUser(nnx.Rngs(0)))
+    x, _ = toy_problem()
+    p, s = model.init(jax.random.key(0), x)
+    e1, s1 = model.apply(p, s, x, train=False)
+    e2, _ = model.apply(p, s, x, train=False, dropout_key=jax.random.key(3))
+    np.testing.assert_array_equal(e1, e2)
+    assert s1 is s
+    t1, _ = model.apply(p, s, x, train=True, dropout_key=jax.random.key(1))
+    t2, _ = model.apply(p, s, x, train=True, dropout_key=jax.random.key(2))
+    assert not np.allclose(t1, t2)
+    with pytest.raises(ValueError, match="dropout_key"):
+        model.apply(p, s, x, train=True)
+    with pytest.raises(TypeError):
+        models.functional(object())

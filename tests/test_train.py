@@ -1,0 +1,144 @@
+"""The training command: end to end on MNIST, exact resume, plots, user models, bad names."""
+
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from relaxjax import cli, models
+from relaxjax.optimizers import OptimizerConfig
+from relaxjax.train import DataArrays, TrainConfig, read_metrics, train
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The shared MNIST beside the checkout (CI has it); elsewhere the loader finds or downloads it.
+DATA_ARGS = ["--data-dir", str(SHARED_DATA)] if SHARED_DATA.is_dir() else []
+SMALL = ["--train-limit", "1024", "--test-limit", "500", "--batch-size", "64", "--no-progress"]
+TIMING_KEYS = {"seconds", "examples_per_second"}
+
+
+def _without_timing(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
+
+
+def test_cli_trains_entropy_sgd_on_mnist_and_plots(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "mnistfc", "--optimizer", "entropy-sgd", "-L", "2"]
+    assert cli.main([*argv, "--epochs", "2", "--run-dir", str(run), *SMALL, *DATA_ARGS]) == 0
+    metrics = read_metrics(run)
+    assert [m["effective_epochs"] for m in metrics] == [1.0, 2.0]
+    # 1024 examples / (64 x 2) = 8 outer steps per effective epoch, 2 gradients each.
+    assert [m["gradient_evaluations"] for m in metrics] == [16, 32]
+    assert metrics[-1]["test_error"] < 0.5  # learning, not chance (0.9)
+    assert json.loads((run / "config.json").read_text())["optimizer"]["num_steps"] == 2
+    assert "test error" in capsys.readouterr().out
+
+    sgd = tmp_path / "sgd"
+    assert (
+        cli.main(
+            ["train", "--optimizer", "sgd", "--epochs", "1", "--run-dir", str(sgd)]
+            + SMALL
+            + DATA_ARGS
+        )
+        == 0
+    )
+    assert read_metrics(sgd)[0]["gradient_evaluations"] == 16  # 1024 / 64
+
+    png = tmp_path / "curves.png"
+    assert cli.main(["plot", str(run), str(sgd), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    argv = ["train", "--optimizer", "hj", "-L", "3", "--epochs", "2", *SMALL, *DATA_ARGS]
+    config = cli.config_from_args(cli.build_parser().parse_args(argv))
+    full = train(config, tmp_path / "full", progress=False)
+
+    # 1024 // (64 x 3) = 5 outer steps per epoch: interrupted mid-way through epoch 2.
+    partial = train(config, tmp_path / "resumed", progress=False, stop_after_steps=7)
+    assert _without_timing(partial) == _without_timing(full[:1])
+    assert cli.main([*argv, "--run-dir", str(tmp_path / "resumed"), "--resume"]) == 0
+    resumed = read_metrics(tmp_path / "resumed")
+    assert _without_timing(resumed) == _without_timing(full)
+
+    params = [_final_params(tmp_path / name, config) for name in ("full", "resumed")]
+    jax.tree.map(np.testing.assert_array_equal, *params)
+
+
+def _final_params(run_dir, config):
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager((run_dir / "checkpoints").absolute()) as manager:
+        restored = manager.restore(manager.latest_step())
+    return restored["params"]
+
+
+def test_resume_refuses_a_different_configuration(tmp_path, capsys):
+    argv = ["train", "--optimizer", "sgd", "--epochs", "1", "--run-dir", str(tmp_path / "r")]
+    assert cli.main([*argv, *SMALL, *DATA_ARGS]) == 0
+    assert cli.main([*argv, "--seed", "1", "--resume", *SMALL, *DATA_ARGS]) == 2
+    assert "seed: saved 0, given 1" in capsys.readouterr().err
+    assert cli.main([*argv, *SMALL, *DATA_ARGS]) == 2  # would overwrite a finished run
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value, valid", [("--model", "vgg", "mnistfc"), ("--optimizer", "lbfgs", "entropy-sgd")]
+)
+def test_unknown_names_list_the_valid_ones(flag, value, valid, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", flag, value])
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{value}'" in err and valid in err
+
+
+def test_unknown_dataset_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--dataset", "svhn"])
+    assert "cifar10" in capsys.readouterr().err
+
+
+class _LinenNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(32)(x)))
+        return nn.Dense(3)(x)
+
+
+class _NnxNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(16, 32, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.out = nnx.Linear(32, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(nnx.relu(self.dense(x.reshape(x.shape[0], -1)))))
+
+
+def _blobs(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    centres = np.eye(3, 16)[labels] * 3.0
+    images = (centres + rng.normal(size=(n, 16))).reshape(n, 4, 4, 1)
+    return jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
+
+
+@pytest.mark.parametrize("make", [lambda: _LinenNet(), lambda: _NnxNet(nnx.Rngs(0))])
+def test_a_users_flax_model_plugs_into_the_training_step(make, tmp_path):
+    data = DataArrays(*_blobs(768, 0), *_blobs(300, 1), num_classes=3)
+    config = TrainConfig(
+        model="user",
+        optimizer=OptimizerConfig("entropy-sgd", lr=1.0, num_steps=3, gamma=10.0),
+        epochs=3,
+        batch_size=32,
+    )
+    metrics = train(config, tmp_path, model=models.functional(make()), data=data, progress=False)
+    assert len(metrics) == 3
+    assert metrics[-1]["test_error"] < 0.1
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
