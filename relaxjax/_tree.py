@@ -43,14 +43,3 @@ def check_matching_tree(what: str, tree: Any, params: Any) -> None:
 def cast_like(tree: Any, reference: Any) -> Any:
     """Casts every leaf of ``tree`` to the dtype of the matching leaf of ``reference``."""
     return jax.tree.map(lambda t, r: jnp.asarray(t).astype(jnp.result_type(r)), tree, reference)
-
-
-def gaussian_like(key: jax.Array, tree: Any) -> Any:
-    """Independent standard normal draws with the shapes and dtypes of ``tree``."""
-    leaves, tree_def = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    draws = [
-        jax.random.normal(k, jnp.shape(leaf), jnp.result_type(leaf))
-        for k, leaf in zip(keys, leaves, strict=True)
-    ]
-    return jax.tree.unflatten(tree_def, draws)
