@@ -6,6 +6,7 @@ partial differential equations for optimizing deep neural networks* (2018),
 as composable Optax gradient transformations.
 """
 
+from relaxjax import msa, pde
 from relaxjax.alias import entropy_adam, entropy_sgd, hj_sgd
 from relaxjax.relaxation import GradFn, RelaxationState, hopf_lax, local_entropy
 from relaxjax.schedules import scoping
@@ -20,5 +21,7 @@ __all__ = [
     "hj_sgd",
     "hopf_lax",
     "local_entropy",
+    "msa",
+    "pde",
     "scoping",
 ]

@@ -1,0 +1,271 @@
+"""Inner-loop efficiency: a relaxation outer step against L separately jitted SGD steps.
+
+For each model (batch 128 by default), times side by side in one process,
+after compilation, interleaved over rounds:
+
+* ``baseline``: a Python loop of L calls of one jitted plain SGD step
+  (gradient + ``optax.sgd`` update) on the same L mini-batches;
+* one jitted outer step of ``relaxjax.local_entropy`` (L inner steps) for the
+  inner-loop candidates: rolled ``lax.scan`` with and without the canonical
+  convolution rewrite, partial and full unrolling, and both noise generators.
+
+The ratio's floor is 1.0 (the relaxation adds only O(parameters) vector work
+per inner step). It also records, for the default configuration, compile time
+and XLA's peak memory estimate as L goes from 1 to 50.
+
+    python benchmarks/inner_loop.py                    # all models, writes results/
+    python benchmarks/inner_loop.py --models lenet --rounds 3
+    python benchmarks/inner_loop.py --smoke            # seconds; what the test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+import relaxjax
+from relaxjax import models
+
+SHAPES = {"mnistfc": (28, 28, 1), "lenet": (28, 28, 1), "allcnn": (32, 32, 3)}
+
+# name -> keyword arguments of relaxjax.local_entropy
+CANDIDATES = {
+    "default (rolled scan, canonical convs, hash noise)": {},
+    "rolled scan, no conv rewrite": {"canonical_convolutions": False},
+    "rolled scan, threefry noise": {"noise_generator": "threefry"},
+    "unroll=4": {"unroll": 4},
+    "fully unrolled, no conv rewrite": {"unroll": True, "canonical_convolutions": False},
+    "no noise (Hopf-Lax cost)": {"noise": 0.0},
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return f"{cpu}, {os.cpu_count()} cores; JAX backend {jax.default_backend()} ({devices})"
+
+
+def versions() -> str:
+    import flax
+    import jaxlib
+
+    return (
+        f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
+        f"flax {flax.__version__}, relaxjax {relaxjax.__version__}, "
+        f"python {sys.version.split()[0]}"
+    )
+
+
+def _problem(name: str, num_steps: int, batch_size: int):
+    model = models.get_model(name)
+    shape = SHAPES[name]
+    images = jax.random.normal(jax.random.PRNGKey(0), (num_steps, batch_size, *shape))
+    labels = jax.random.randint(jax.random.PRNGKey(1), (num_steps, batch_size), 0, 10)
+    keys = jax.random.split(jax.random.PRNGKey(2), num_steps)
+    params, model_state = model.init(jax.random.PRNGKey(3), images[0, :1])
+
+    def loss(p, i):
+        logits, _ = model.apply(p, model_state, images[i], train=True, dropout_key=keys[i])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[i]).mean()
+
+    return params, jax.grad(loss)
+
+
+def _timed(fn, *args, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _relaxation_step(grad, num_steps: int, **options):
+    tx = optax.chain(
+        relaxjax.local_entropy(gamma=1.0, num_steps=num_steps, step_size=0.1, **options),
+        optax.sgd(0.1, momentum=0.9, nesterov=True),
+    )
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(grad(params, 0), state, params, grad_fn=grad)
+        return optax.apply_updates(params, updates), state
+
+    return tx, step
+
+
+def time_candidates(name: str, num_steps: int, batch_size: int, rounds: int, repeats: int):
+    params, grad = _problem(name, num_steps, batch_size)
+    sgd = optax.sgd(0.1)
+
+    @jax.jit
+    def sgd_step(params, state, i):
+        updates, state = sgd.update(grad(params, i), state, params)
+        return optax.apply_updates(params, updates), state
+
+    def baseline(params):
+        state = sgd.init(params)
+        for i in range(num_steps):
+            params, state = sgd_step(params, state, i)
+        return params
+
+    runners = {"baseline: L jitted SGD steps": (baseline, (params,))}
+    compile_seconds = {}
+    for label, options in CANDIDATES.items():
+        tx, step = _relaxation_step(grad, num_steps, **options)
+        state = tx.init(params)
+        start = time.perf_counter()
+        step.lower(params, state).compile()
+        compile_seconds[label] = time.perf_counter() - start
+        runners[label] = (step, (params, state))
+    for fn, args in runners.values():  # warm up (compile) everything first
+        jax.block_until_ready(fn(*args))
+    samples = {label: [] for label in runners}
+    for _ in range(rounds):  # interleaved, so drifts in machine load hit all alike
+        for label, (fn, args) in runners.items():
+            samples[label] += _timed(fn, *args, repeats=repeats)
+    medians = {label: float(np.median(s)) for label, s in samples.items()}
+    base = medians["baseline: L jitted SGD steps"]
+    return [
+        {
+            "model": name,
+            "candidate": label,
+            "seconds_per_outer_step": medians[label],
+            "ms_per_gradient": 1e3 * medians[label] / num_steps,
+            "ratio_to_baseline": medians[label] / base,
+            "compile_seconds": compile_seconds.get(label),
+        }
+        for label in runners
+    ]
+
+
+def scaling_in_L(name: str, batch_size: int, steps=(1, 5, 20, 50)):
+    rows = []
+    for num_steps in steps:
+        params, grad = _problem(name, max(num_steps, 1), batch_size)
+        tx, step = _relaxation_step(grad, num_steps)
+        state = tx.init(params)
+        jax.clear_caches()
+        start = time.perf_counter()
+        compiled = step.lower(params, state).compile()
+        seconds = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
+        rows.append({"model": name, "L": num_steps, "compile_seconds": seconds, "temp_bytes": temp})
+    return rows
+
+
+def write_results(out_dir: Path, command: str, timing, scaling, args) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "command": command,
+        "machine": machine(),
+        "versions": versions(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "L": args.L,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+    }
+    (out_dir / "inner_loop.json").write_text(
+        json.dumps({**header, "timing": timing, "scaling": scaling}, indent=2)
+    )
+    lines = [
+        "# Inner-loop efficiency",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {header['machine']}",
+        f"- versions: {header['versions']}",
+        f"- date: {header['date']}",
+        f"- L = {args.L}, batch {args.batch_size}; medians of {args.rounds} interleaved rounds x "
+        f"{args.repeats} repeats, after compilation",
+        "",
+        "Ratio = time of one relaxation outer step (L inner steps) / time of L separately "
+        "jitted plain SGD steps on the same mini-batches. Floor: 1.0.",
+        "",
+        "| model | candidate | ms / gradient | ratio | compile (s) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in timing:
+        compile_s = "" if row["compile_seconds"] is None else f"{row['compile_seconds']:.1f}"
+        lines.append(
+            f"| {row['model']} | {row['candidate']} | {row['ms_per_gradient']:.1f} | "
+            f"{row['ratio_to_baseline']:.2f} | {compile_s} |"
+        )
+    if scaling:
+        lines += [
+            "",
+            "## Compile time and peak temporary memory against L (default configuration)",
+            "",
+            "| model | L | compile (s) | XLA temp memory (MB) | compile / compile(L=1) |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        first = {}
+        for row in scaling:
+            first.setdefault(row["model"], row["compile_seconds"])
+            mem = "" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 2**20:.1f}"
+            lines.append(
+                f"| {row['model']} | {row['L']} | {row['compile_seconds']:.2f} | {mem} | "
+                f"{row['compile_seconds'] / first[row['model']]:.2f} |"
+            )
+    (out_dir / "inner_loop.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["mnistfc", "lenet", "allcnn"])
+    parser.add_argument("--L", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-scaling", action="store_true", help="skip compile time vs L")
+    parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--smoke", action="store_true", help="tiny settings, for the test")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.L, args.batch_size, args.rounds, args.repeats = ["mnistfc"], 2, 4, 1, 1
+    command = "python benchmarks/inner_loop.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    timing, scaling = [], []
+    for name in args.models:
+        rows = time_candidates(name, args.L, args.batch_size, args.rounds, args.repeats)
+        for row in rows:
+            print(
+                f"{name:8s} {row['candidate']:52s} {row['ms_per_gradient']:8.1f} ms/grad "
+                f"ratio {row['ratio_to_baseline']:.2f}",
+                flush=True,
+            )
+        timing += rows
+        if not args.no_scaling:
+            steps = (1, 2) if args.smoke else (1, 5, 20, 50)
+            for row in scaling_in_L(name, args.batch_size, steps):
+                print(
+                    f"{name:8s} L={row['L']:3d} compile {row['compile_seconds']:.2f}s "
+                    f"temp {row['temp_bytes']}",
+                    flush=True,
+                )
+                scaling.append(row)
+    write_results(Path(args.out_dir), command.strip(), timing, scaling, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
