@@ -24,3 +24,26 @@ def test_inner_loop_benchmark_smoke(tmp_path):
     assert all(row["seconds_per_outer_step"] > 0 for row in results["timing"])
     assert [row["L"] for row in results["scaling"]] == [1, 2]
     assert "| mnistfc |" in (tmp_path / "inner_loop.md").read_text()
+
+
+def test_paper_table_runner_smoke(tmp_path):
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    data_args = ["--data-dir", str(shared)] if shared.is_dir() else []
+    argv = ["--smoke", "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    assert _load("paper_table").main(argv + data_args) == 0
+    rows = json.loads((tmp_path / "paper_table.json").read_text())["rows"]
+    assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [
+        ("mnistfc", "sgd", 2),
+        ("mnistfc", "hj", 2),
+    ]
+    assert all(0 <= r["final_error"][0] <= 100 for r in rows)
+    table = (tmp_path / "paper_table.md").read_text()
+    assert "1.17 ± 0.04 @ 200" in table  # the paper's HJ cell beside ours
+    assert (tmp_path / "paper_table.png").stat().st_size > 10_000
+
+
+def test_input_pipeline_benchmark_smoke(tmp_path):
+    assert _load("input_pipeline").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["mnistfc"]
+    assert all(r["step_ms"] > 0 and r["input_ms"] > 0 for r in rows)

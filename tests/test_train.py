@@ -142,3 +142,21 @@ def test_a_users_flax_model_plugs_into_the_training_step(make, tmp_path):
     assert len(metrics) == 3
     assert metrics[-1]["test_error"] < 0.1
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+
+
+def test_on_device_crop_and_flip():
+    from relaxjax.train import _crop_flip
+
+    images = jnp.arange(2 * 8 * 8 * 1, dtype=jnp.float32).reshape(2, 8, 8, 1) + 1
+    outs = [_crop_flip(jax.random.PRNGKey(k), jnp.repeat(images, 50, axis=0)) for k in (0, 0, 1)]
+    np.testing.assert_array_equal(outs[0], outs[1])  # deterministic given the key
+    assert not np.array_equal(outs[0], outs[2])
+    out = np.asarray(outs[0])
+    assert out.shape == (100, 8, 8, 1)
+    originals = np.asarray(jnp.repeat(images, 50, axis=0))
+    flipped = originals[:, :, ::-1]
+    # Some outputs are shifted (zero padding enters), some are flipped copies.
+    assert (out == 0).any(axis=(1, 2, 3)).mean() > 0.5
+    assert any(np.array_equal(o, f) for o, f in zip(out, flipped, strict=True))
+    # Every crop is a window of the padded (possibly flipped) image: values are preserved.
+    assert set(np.unique(out)) <= set(np.unique(originals)) | {0.0}
