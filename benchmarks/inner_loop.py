@@ -111,7 +111,9 @@ def _relaxation_step(grad, num_steps: int, **options):
     return tx, step
 
 
-def time_candidates(name: str, num_steps: int, batch_size: int, rounds: int, repeats: int):
+def time_candidates(
+    name: str, num_steps: int, batch_size: int, rounds: int, repeats: int, candidates=None
+):
     params, grad = _problem(name, num_steps, batch_size)
     sgd = optax.sgd(0.1)
 
@@ -128,7 +130,7 @@ def time_candidates(name: str, num_steps: int, batch_size: int, rounds: int, rep
 
     runners = {"baseline: L jitted SGD steps": (baseline, (params,))}
     compile_seconds = {}
-    for label, options in CANDIDATES.items():
+    for label, options in (candidates or CANDIDATES).items():
         tx, step = _relaxation_step(grad, num_steps, **options)
         state = tx.init(params)
         start = time.perf_counter()
@@ -265,12 +267,16 @@ def main(argv=None) -> int:
     command = "python benchmarks/inner_loop.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
+    # The smoke run times two candidates only (compilation dominates it).
+    candidates = dict(list(CANDIDATES.items())[:2]) if args.smoke else None
     timing, scaling = [], []
     for name in args.models:
         rows = (
             []
             if args.scaling_only
-            else time_candidates(name, args.L, args.batch_size, args.rounds, args.repeats)
+            else time_candidates(
+                name, args.L, args.batch_size, args.rounds, args.repeats, candidates
+            )
         )
         for row in rows:
             print(

@@ -145,8 +145,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     extra = ["--data-dir", args.data_dir] if args.data_dir else []
     if args.smoke:
-        args.models, args.optimizers, args.seeds = ["mnistfc"], ["sgd", "hj"], [0, 1]
-        extra += ["--train-limit", "512", "--test-limit", "200", "-L", "2"]
+        args.models, args.optimizers, args.seeds = ["mnistfc"], ["hj"], [0, 1]
+        extra += ["--train-limit", "256", "--test-limit", "100", "-L", "2", "--batch-size", "32"]
     start = time.perf_counter()
     rows, all_runs = [], []
     for model in args.models:

@@ -20,7 +20,7 @@ def test_inner_loop_benchmark_smoke(tmp_path):
     assert _load("inner_loop").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "inner_loop.json").read_text())
     candidates = {row["candidate"] for row in results["timing"]}
-    assert "baseline: L jitted SGD steps" in candidates and len(candidates) >= 5
+    assert "baseline: L jitted SGD steps" in candidates and len(candidates) == 3
     assert all(row["seconds_per_outer_step"] > 0 for row in results["timing"])
     assert [row["L"] for row in results["scaling"]] == [1, 2]
     assert "| mnistfc |" in (tmp_path / "inner_loop.md").read_text()
@@ -32,10 +32,7 @@ def test_paper_table_runner_smoke(tmp_path):
     argv = ["--smoke", "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     assert _load("paper_table").main(argv + data_args) == 0
     rows = json.loads((tmp_path / "paper_table.json").read_text())["rows"]
-    assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [
-        ("mnistfc", "sgd", 2),
-        ("mnistfc", "hj", 2),
-    ]
+    assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [("mnistfc", "hj", 2)]
     assert all(0 <= r["final_error"][0] <= 100 for r in rows)
     table = (tmp_path / "paper_table.md").read_text()
     assert "1.17 ± 0.04 @ 200" in table  # the paper's HJ cell beside ours

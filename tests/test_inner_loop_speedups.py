@@ -82,8 +82,8 @@ class _ConvNet(nn.Module):
 
 def _conv_problem():
     model = _ConvNet()
-    images = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 16, 16, 3))
-    labels = jax.random.randint(jax.random.PRNGKey(1), (4, 8), 0, 3)
+    images = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 10, 10, 3))
+    labels = jax.random.randint(jax.random.PRNGKey(1), (4, 4), 0, 3)
     params = model.init(jax.random.PRNGKey(2), images[0])["params"]
 
     def loss(p, i):
