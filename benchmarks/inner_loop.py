@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -36,6 +34,9 @@ import optax
 import relaxjax
 from relaxjax import models
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _env import machine, versions  # noqa: E402
+
 SHAPES = {"mnistfc": (28, 28, 1), "lenet": (28, 28, 1), "allcnn": (32, 32, 3)}
 
 # name -> keyword arguments of relaxjax.local_entropy
@@ -47,30 +48,6 @@ CANDIDATES = {
     "fully unrolled, no conv rewrite": {"unroll": True, "canonical_convolutions": False},
     "no noise (Hopf-Lax cost)": {"noise": 0.0},
 }
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return f"{cpu}, {os.cpu_count()} cores; JAX backend {jax.default_backend()} ({devices})"
-
-
-def versions() -> str:
-    import flax
-    import jaxlib
-
-    return (
-        f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
-        f"flax {flax.__version__}, relaxjax {relaxjax.__version__}, "
-        f"python {sys.version.split()[0]}"
-    )
 
 
 def _problem(name: str, num_steps: int, batch_size: int):

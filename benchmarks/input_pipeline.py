@@ -28,7 +28,7 @@ from relaxjax import models, train
 from relaxjax.optimizers import OptimizerConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inner_loop import machine, versions  # noqa: E402
+from _env import machine, versions  # noqa: E402
 
 SETTINGS = {  # model -> (image shape, augmentation as in relaxjax train)
     "mnistfc": ((28, 28, 1), False),

@@ -31,7 +31,7 @@ from relaxjax.plot import plot_runs
 from relaxjax.train import read_metrics, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inner_loop import machine, versions  # noqa: E402
+from _env import machine, versions  # noqa: E402
 
 # Effective-epoch budgets and test errors (%) of the papers (deep-relaxation.md §4).
 # "ES" is Table 1 of the Entropy-SGD paper (ICLR 2017); "DR" the Deep Relaxation

@@ -1,0 +1,39 @@
+"""Machine and library versions recorded beside every benchmark figure."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import jax
+import optax
+
+import relaxjax
+
+__all__ = ["machine", "versions"]
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return f"{cpu}, {os.cpu_count()} cores; JAX backend {jax.default_backend()} ({devices})"
+
+
+def versions() -> str:
+    import flax
+    import jaxlib
+
+    return (
+        f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
+        f"flax {flax.__version__}, relaxjax {relaxjax.__version__}, "
+        f"python {sys.version.split()[0]}"
+    )
