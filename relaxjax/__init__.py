@@ -6,7 +6,7 @@ partial differential equations for optimizing deep neural networks* (2018),
 as composable Optax gradient transformations.
 """
 
-from relaxjax import msa, pde
+from relaxjax import diagnostics, msa, pde
 from relaxjax.alias import entropy_adam, entropy_sgd, hj_sgd
 from relaxjax.relaxation import GradFn, RelaxationState, hopf_lax, local_entropy
 from relaxjax.schedules import scoping
@@ -16,6 +16,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "GradFn",
     "RelaxationState",
+    "diagnostics",
     "entropy_adam",
     "entropy_sgd",
     "hj_sgd",
