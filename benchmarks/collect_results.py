@@ -38,7 +38,9 @@ measured side by side in one process.
 
 def _demote(markdown: str) -> str:
     """Shifts headings one level down so each file nests under its section."""
-    return "\n".join("##" + line if line.startswith("#") else line for line in markdown.splitlines())
+    return "\n".join(
+        "##" + line if line.startswith("#") else line for line in markdown.splitlines()
+    )
 
 
 def main() -> int:
