@@ -6,8 +6,9 @@ partial differential equations for optimizing deep neural networks* (2018),
 as composable Optax gradient transformations.
 """
 
-from relaxjax import diagnostics, msa, pde
+from relaxjax import diagnostics, mesh, msa, pde
 from relaxjax.alias import entropy_adam, entropy_sgd, hj_sgd
+from relaxjax.parle import ParleState, coupling_schedule, parle, parle_step
 from relaxjax.relaxation import GradFn, RelaxationState, hopf_lax, local_entropy
 from relaxjax.schedules import scoping
 
@@ -15,14 +16,19 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "GradFn",
+    "ParleState",
     "RelaxationState",
+    "coupling_schedule",
     "diagnostics",
     "entropy_adam",
     "entropy_sgd",
     "hj_sgd",
     "hopf_lax",
     "local_entropy",
+    "mesh",
     "msa",
+    "parle",
+    "parle_step",
     "pde",
     "scoping",
 ]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from relaxjax.optimizers import OPTIMIZERS, RELAXATIONS, OptimizerConfig
 
-MODELS = ("mnistfc", "lenet", "allcnn")
+MODELS = ("mnistfc", "lenet", "allcnn", "msa-resnet", "msa-resnet-tiny")
+_EMSA_MODELS = ("msa-resnet", "msa-resnet-tiny")  # layer sequences (relaxjax.msa_train)
 DATASETS = ("mnist", "cifar10", "cifar100", "cifar10-jpeg")
 
 # The original code's defaults (see ../shared/docs/deep-relaxation.md §2-3), per data set:
@@ -19,6 +20,9 @@ _DEFAULT_GAMMA = {"mnist": 1e4}
 _CIFAR_GAMMA = 1 / 0.03
 _DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 _DEFAULT_STEP_SIZE = {"entropy-adam": 1e-3}
+# Parle (its code, parle_mpi.py): inner coupling 0.01 (scope 100), no Langevin noise; its
+# lr 0.1, rho 0.01·L·n capped at 10 are taken at this command's lr = 1 (same lr·rho).
+_PARLE_GAMMA = 100.0
 
 
 def _default_data_dir() -> str | None:
@@ -82,8 +86,30 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--step-size", type=float, default=None, help="inner step eta' [0.1; entropy-adam 1e-3]"
     )
-    p.add_argument("--noise", type=float, default=1e-4, help="Langevin noise (temperature noise^2)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        help="Langevin noise (temperature noise^2) [1e-4; hj and parle 0]",
+    )
     p.add_argument("--alpha", type=float, default=0.75, help="running-average weight")
+    p.add_argument("--replicas", type=int, default=3, help="parle: number of replicas n")
+    p.add_argument(
+        "--elastic-rho",
+        type=float,
+        default=None,
+        help="parle: initial elastic coupling rho_0 on x - x_ref, grown like the inner "
+        "coupling by --scoping [0.001 * L * replicas]",
+    )
+    p.add_argument("--elastic-rho-max", type=float, default=1.0, help="parle: cap on rho")
+    p.add_argument("--gamma-min", type=float, default=1.0, help="parle: floor on the scope gamma")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="run on a mesh of the first N devices: batches split over them (data "
+        "parallel), parle replicas on their own devices [unsharded, default device]",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--augment", action=argparse.BooleanOptionalAction, default=None, help="[CIFAR only]"
@@ -102,7 +128,57 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-limit", type=int, default=None, help="use the first N examples")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test examples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _emsa_arguments(p)
     p.set_defaults(command=_train)
+
+
+def _emsa_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``--optimizer emsa`` (E-MSA, Li et al., JMLR 2018; ``relaxjax.msa_train``)."""
+    g = p.add_argument_group(
+        "E-MSA (--optimizer emsa; models msa-resnet, msa-resnet-tiny; Li et al., JMLR 2018)"
+    )
+    g.add_argument(
+        "--rho",
+        type=float,
+        default=0.03,
+        help="penalty rho of the augmented Hamiltonian, 0 = basic MSA [the authors' MNIST code]",
+    )
+    g.add_argument(
+        "--inner-steps", type=int, default=10, help="inner iterations per layer (paper: 10)"
+    )
+    g.add_argument(
+        "--msa-inner-optimizer",
+        choices=("lbfgs", "adam", "sgd"),
+        default="lbfgs",
+        help="per-layer Hamiltonian maximiser (paper: L-BFGS)",
+    )
+    g.add_argument("--msa-inner-lr", type=float, default=0.01, help="inner adam/sgd rate")
+    g.add_argument(
+        "--msa-init-noise", type=float, default=0.0, help="U(-a, a) noise on inner starts"
+    )
+    g.add_argument(
+        "--msa-penalty",
+        choices=("sum", "mean"),
+        default="sum",
+        help="penalties summed over batch and features (paper) or per sample",
+    )
+
+
+def _with_emsa(optimizer: OptimizerConfig, args: argparse.Namespace) -> OptimizerConfig:
+    """``optimizer`` with the E-MSA options of ``args`` (``--optimizer emsa`` only)."""
+    if args.optimizer != "emsa":
+        return optimizer
+    import dataclasses
+
+    return dataclasses.replace(
+        optimizer,
+        msa_rho=args.rho,
+        msa_inner_optimizer=args.msa_inner_optimizer,
+        msa_inner_steps=args.inner_steps,
+        msa_inner_lr=args.msa_inner_lr,
+        msa_init_noise=args.msa_init_noise,
+        msa_penalty=args.msa_penalty,
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -110,6 +186,8 @@ def config_from_args(args: argparse.Namespace):
     from relaxjax.train import TrainConfig
 
     cifar = args.dataset != "mnist"
+    parle = args.optimizer == "parle"
+    replicas = args.replicas if parle else 1
     epochs = 5.0 if args.epochs is None else args.epochs
     milestones = (0.5 * epochs, 0.75 * epochs) if args.lr_milestones is None else args.lr_milestones
     optimizer = OptimizerConfig(
@@ -122,14 +200,23 @@ def config_from_args(args: argparse.Namespace):
         num_steps=args.num_steps,
         gamma=args.gamma
         if args.gamma is not None
-        else _DEFAULT_GAMMA.get(args.dataset, _CIFAR_GAMMA),
+        else (_PARLE_GAMMA if parle else _DEFAULT_GAMMA.get(args.dataset, _CIFAR_GAMMA)),
         scoping=args.scoping,
         step_size=args.step_size
         if args.step_size is not None
         else _DEFAULT_STEP_SIZE.get(args.optimizer, 0.1),
-        noise=args.noise if args.optimizer != "hj" else 0.0,
+        noise=0.0 if args.optimizer == "hj" else _noise(args),
         alpha=args.alpha,
+        replicas=replicas,
+        elastic_rho=(
+            args.elastic_rho if args.elastic_rho is not None else 0.001 * args.num_steps * replicas
+        )
+        if parle
+        else 0.0,
+        elastic_rho_max=args.elastic_rho_max,
+        gamma_min=args.gamma_min,
     )
+    optimizer = _with_emsa(optimizer, args)
     return TrainConfig(
         model=args.model,
         dataset=args.dataset,
@@ -142,7 +229,14 @@ def config_from_args(args: argparse.Namespace):
         data_dir=args.data_dir if args.data_dir is not None else _default_data_dir(),
         train_limit=args.train_limit,
         test_limit=args.test_limit,
+        devices=args.devices,
     )
+
+
+def _noise(args: argparse.Namespace) -> float:
+    if args.noise is not None:
+        return args.noise
+    return 0.0 if args.optimizer == "parle" else 1e-4
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -150,12 +244,15 @@ def _train(args: argparse.Namespace) -> int:
     from relaxjax.train import train
 
     config = config_from_args(args)
+    if config.optimizer.name == "emsa" or config.model in _EMSA_MODELS:
+        from relaxjax.msa_train import run as train  # E-MSA, or a layer-sequence model
     run_dir = args.run_dir or os.path.join(
         "runs", f"{config.dataset}-{config.model}-{config.optimizer.name}-s{config.seed}"
     )
     print(
         f"relaxjax train: {config.model} on {config.dataset} with {config.optimizer.name}"
-        f" ({'L=' + str(config.optimizer.inner_steps) if args.optimizer in RELAXATIONS else ''}"
+        f" ({'L=' + str(config.optimizer.num_steps) if args.optimizer in RELAXATIONS else ''}"
+        f"{f' x {config.optimizer.replicas} replicas' if args.optimizer == 'parle' else ''}"
         f" {config.epochs:g} effective epochs) -> {run_dir}"
     )
     try:

@@ -1,6 +1,6 @@
 """The optimizers of the training command, built by name from a configuration.
 
-Names: ``sgd`` (Nesterov), ``adam``, ``entropy-sgd``, ``entropy-adam``, ``hj``.
+Names: ``sgd`` (Nesterov), ``adam``, ``entropy-sgd``, ``entropy-adam``, ``hj``, ``parle``.
 Relaxation methods take L inner steps per outer step and therefore consume L
 mini-batches (L gradient evaluations) per outer step; ``sgd`` and ``adam`` take
 one. Learning rates follow a step decay in *effective epochs* (passes over
@@ -12,6 +12,13 @@ original code's rate on the displacement x − μ, so the outer step is
 ``lr · (x − μ) = (lr · γ_t) · (x − μ)/γ_t``. ``lr = 1`` without momentum
 moves x to the running average μ: for Hopf-Lax that is the proximal-point
 step x ← prox_{γf}(x).
+
+``parle`` (``relaxjax.parle``): n = ``replicas`` Entropy-SGD replicas, each on
+its own L mini-batches, so an outer step costs n·L gradient evaluations. In
+the original code's convention the outer direction is (x − μ) + ρ (x − x̄) at
+rate ``lr``, with both couplings scoped by ``scoping`` per outer step and capped
+(scope γ ≥ ``gamma_min``, ρ ≤ ``elastic_rho_max``); it is passed to ``relaxjax.parle``
+as rate lr·γ_t on the relaxed gradient and ρ_t/γ_t on x − x̄.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from relaxjax.parle import coupling_schedule, parle
 from relaxjax.relaxation import hopf_lax, local_entropy
 from relaxjax.schedules import scoping
 
 __all__ = ["OPTIMIZERS", "OptimizerConfig", "make_optimizer"]
 
-OPTIMIZERS = ("sgd", "entropy-sgd", "hj", "adam", "entropy-adam")
-RELAXATIONS = ("entropy-sgd", "hj", "entropy-adam")
+OPTIMIZERS = ("sgd", "entropy-sgd", "hj", "adam", "entropy-adam", "parle", "emsa")
+RELAXATIONS = ("entropy-sgd", "hj", "entropy-adam", "parle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,17 @@ class OptimizerConfig:
       step_size: inner step η′ (the inner Adam step for entropy-adam).
       noise: Langevin noise ε (temperature ε²); HJ uses none.
       alpha: running-average weight α on the old average.
+      replicas: Parle's number of replicas n (``parle`` only).
+      elastic_rho: Parle's initial elastic coupling ρ₀ on x − x̄ (original code's convention).
+      elastic_rho_max: cap on ρ_t = ρ₀ (1 + scoping)^t (Parle).
+      gamma_min: floor on the scope γ_t (Parle; the original code caps 1/γ at 1).
+      msa_rho: E-MSA penalty ρ of the augmented Hamiltonian (``emsa`` only; trained by
+        ``relaxjax.msa_train``, not an Optax transformation; 0.03: the authors' MNIST code).
+      msa_inner_optimizer: E-MSA per-layer maximiser, ``lbfgs`` (paper), ``adam`` or ``sgd``.
+      msa_inner_steps: its iterations per layer and E-MSA iteration (paper: 10).
+      msa_inner_lr: its learning rate (``adam``/``sgd`` only).
+      msa_init_noise: half-width of uniform noise on each layer's inner starting point.
+      msa_penalty: ``sum`` (the paper's formula) or ``mean`` penalty normalisation.
     """
 
     name: str = "entropy-sgd"
@@ -63,16 +82,30 @@ class OptimizerConfig:
     step_size: float = 0.1
     noise: float = 1e-4
     alpha: float = 0.75
+    replicas: int = 1
+    elastic_rho: float = 0.0
+    elastic_rho_max: float = 1.0
+    gamma_min: float = 1.0
+    msa_rho: float = 0.03
+    msa_inner_optimizer: str = "lbfgs"
+    msa_inner_steps: int = 10
+    msa_inner_lr: float = 0.01
+    msa_init_noise: float = 0.0
+    msa_penalty: str = "sum"
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(
                 f"unknown optimizer {self.name!r}; valid optimizers: {', '.join(OPTIMIZERS)}"
             )
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
 
     @property
     def inner_steps(self) -> int:
         """Gradient evaluations (mini-batches) per outer step."""
+        if self.name == "parle":
+            return self.num_steps * self.replicas
         return self.num_steps if self.name in RELAXATIONS else 1
 
 
@@ -84,10 +117,17 @@ def _decay(config: OptimizerConfig, outer_steps_per_epoch: float) -> Callable:
 
 
 def make_optimizer(
-    config: OptimizerConfig, outer_steps_per_epoch: float, seed: int = 0
+    config: OptimizerConfig, outer_steps_per_epoch: float, seed: int = 0, mesh=None
 ) -> optax.GradientTransformationExtraArgs:
-    """Builds the named optimizer; ``outer_steps_per_epoch`` converts epochs to steps."""
+    """Builds the named optimizer; ``outer_steps_per_epoch`` converts epochs to steps.
+
+    ``mesh`` (``relaxjax.mesh.make_mesh``) lays Parle's replicas out on devices.
+    """
+    if config.name == "emsa":
+        raise ValueError("emsa is not an Optax transformation; train it with relaxjax.msa_train")
     decay = _decay(config, outer_steps_per_epoch)
+    if config.name == "parle":
+        return _make_parle(config, decay, seed, mesh)
     nesterov = dict(momentum=config.momentum or None, nesterov=bool(config.momentum))
     if config.name == "sgd":
         tx = optax.chain(
@@ -122,8 +162,29 @@ def make_optimizer(
     return optax.chain(relaxation, optax.sgd(outer_rate, **nesterov))
 
 
+def _make_parle(config: OptimizerConfig, decay: Callable, seed: int, mesh):
+    gamma = scoping(config.gamma, config.scoping, final_gamma=min(config.gamma_min, config.gamma))
+    rho = coupling_schedule(config.elastic_rho, config.scoping, config.elastic_rho_max)
+    return parle(
+        lambda t: config.lr * decay(t) * gamma(t),
+        gamma=gamma,
+        rho=lambda t: rho(t) / gamma(t),
+        num_replicas=config.replicas,
+        num_steps=config.num_steps,
+        step_size=config.step_size,
+        noise=config.noise,
+        alpha=config.alpha,
+        momentum=config.momentum or None,
+        nesterov=bool(config.momentum),
+        weight_decay=config.weight_decay,
+        seed=seed,
+        mesh=mesh,
+    )
+
+
 def outer_gamma(config: OptimizerConfig, step: int | jax.Array) -> jax.Array:
     """The scope γ at an outer step (NaN for methods without one), for logging."""
     if config.name not in RELAXATIONS:
         return jnp.nan
-    return scoping(config.gamma, config.scoping)(step)
+    final = min(config.gamma_min, config.gamma) if config.name == "parle" else None
+    return scoping(config.gamma, config.scoping, final_gamma=final)(step)

@@ -12,6 +12,14 @@ augments them there), so the host never feeds batches. The permutation of
 epoch e is a function of (seed, e) and every random key of step t a function
 of the state, so a run resumed from a checkpoint continues exactly as the
 uninterrupted run.
+
+With ``devices=N`` (``relaxjax train --devices N``) the step runs on a mesh of
+the first N devices (``relaxjax.mesh``): the data set is replicated on every
+device, every gathered mini-batch (the inner ones too) is split along its
+batch axis over the mesh axis ``'data'``, and parameters and optimizer state
+are replicated; XLA all-reduces the gradients. Without it nothing is sharded
+and the step is exactly the single-device one. ``--optimizer parle`` (see
+``relaxjax.train_parle``) puts its replicas on the mesh axis ``'replica'``.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from relaxjax import data as data_lib
 from relaxjax import models as models_lib
+from relaxjax.mesh import DATA_AXIS, constrain, make_mesh, place
 from relaxjax.optimizers import OptimizerConfig, make_optimizer, outer_gamma
 
 __all__ = [
@@ -69,6 +80,9 @@ class TrainConfig:
       eval_batch_size: batch size of the evaluation pass.
       train_limit: use only the first N training examples (smoke runs).
       test_limit: use only the first N test examples.
+      devices: run data-parallel on a mesh of the first N devices (None: the
+        default device, unsharded). ``batch_size`` must be divisible by the
+        mesh's ``'data'`` axis.
     """
 
     model: str = "mnistfc"
@@ -83,6 +97,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     train_limit: int | None = None
     test_limit: int | None = None
+    devices: int | None = None
 
     def __post_init__(self):
         if self.epochs <= 0:
@@ -176,6 +191,7 @@ def make_train_step(
     inner_steps: int,
     batch_size: int,
     augment: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """One jitted outer step: ``step(state, images, labels, perm, step_in_epoch)``.
 
@@ -183,7 +199,9 @@ def make_train_step(
     s = ``step_in_epoch``. The gradient at x on mini-batch 0 (train mode) is the
     incoming gradient and its batch statistics become the new running
     statistics; inner mini-batches ℓ ≥ 1 are evaluated by ``grad_fn`` with
-    their own dropout keys, their statistics discarded (see README).
+    their own dropout keys, their statistics discarded (see README). With a
+    ``mesh`` every mini-batch is constrained to ``P('data')`` and the new
+    state to replicated.
     """
 
     def loss_fn(params, model_state, images, labels, dropout_key):
@@ -204,7 +222,7 @@ def make_train_step(
             x = jnp.take(images, window[i], axis=0)
             if augment:
                 x = _crop_flip(augment_keys[i], x)
-            return x, jnp.take(labels, window[i], axis=0)
+            return constrain((x, jnp.take(labels, window[i], axis=0)), mesh, P(DATA_AXIS))
 
         x0, y0 = batch(0)
         (loss, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -222,7 +240,7 @@ def make_train_step(
         error = jnp.mean(jnp.argmax(logits, -1) != y0)
         sums = state.epoch_sums + jnp.stack([loss, error]).astype(state.epoch_sums.dtype)
         new_state = TrainState(state.step + 1, params, model_state, opt_state, key, sums)
-        return new_state, {"loss": loss, "error": error}
+        return constrain(new_state, mesh), {"loss": loss, "error": error}
 
     return jax.jit(train_step, donate_argnums=0)
 
@@ -322,6 +340,53 @@ def init_state(
     )
 
 
+def _make_mesh(config: TrainConfig, log: Callable[[str], None]) -> Mesh | None:
+    """The mesh of ``config.devices`` (None without it); checks the batch divides evenly."""
+    if config.devices is None:
+        return None
+    replicas = config.optimizer.replicas if config.optimizer.name == "parle" else 1
+    mesh = make_mesh(config.devices, replicas)
+    if config.batch_size % mesh.shape[DATA_AXIS]:
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by the {mesh.shape[DATA_AXIS]} "
+            f"devices of the mesh's data axis (mesh {dict(mesh.shape)})"
+        )
+    log(f"devices: mesh {dict(mesh.shape)} on {mesh.devices.size} {jax.default_backend()} devices")
+    return mesh
+
+
+def _place_data(data: DataArrays, mesh: Mesh | None) -> DataArrays:
+    """The data set replicated on every device of the mesh (each gathers its own slices)."""
+    if mesh is None:
+        return data
+    arrays = place(data[:4], mesh)
+    return DataArrays(*arrays, num_classes=data.num_classes)
+
+
+def _build(
+    config: TrainConfig,
+    model: models_lib.FunctionalModel,
+    tx: Any,
+    sample: jax.Array,
+    mesh: Mesh | None,
+) -> tuple[TrainState, Callable, Callable[[Any], Any]]:
+    """The initial state laid out on the mesh, the jitted step, and eval's model state."""
+    state = init_state(config, model, tx, sample)
+    augment = config.use_augmentation
+    if config.optimizer.name == "parle":
+        from relaxjax import train_parle  # imports this module
+
+        state = train_parle.parle_state(state, config.optimizer.replicas)
+        step = train_parle.make_parle_train_step(
+            model, tx, config.optimizer.num_steps, config.batch_size, augment, mesh
+        )
+        return train_parle.place_parle_state(state, mesh), step, train_parle.average_model_state
+    step = make_train_step(
+        model, tx, config.optimizer.inner_steps, config.batch_size, augment=augment, mesh=mesh
+    )
+    return place(state, mesh), step, lambda model_state: model_state
+
+
 def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
@@ -384,8 +449,10 @@ def train(
             f"(batch_size {config.batch_size} x {inner_steps} inner steps)"
         )
     total_steps = max(1, round(config.epochs * steps_per_epoch))
-    tx = make_optimizer(config.optimizer, steps_per_epoch, seed=config.seed)
-    state = init_state(config, model, tx, data.train_images[:1])
+    mesh = _make_mesh(config, log)
+    tx = make_optimizer(config.optimizer, steps_per_epoch, seed=config.seed, mesh=mesh)
+    state, train_step, eval_model_state = _build(config, model, tx, data.train_images[:1], mesh)
+    data = _place_data(data, mesh)
 
     manager = _checkpoint_manager(run_dir)
     if resume and manager.latest_step() is not None:
@@ -394,9 +461,6 @@ def train(
         log(f"resumed {run_dir} at outer step {int(state.step)} of {total_steps}")
     _truncate_metrics(run_dir, int(state.step))
 
-    train_step = make_train_step(
-        model, tx, inner_steps, config.batch_size, augment=config.use_augmentation
-    )
     evaluate = make_eval_fn(model, config.eval_batch_size)
 
     def save(state: TrainState) -> None:
@@ -431,7 +495,10 @@ def train(
                 train_loss, train_error = (np.asarray(state.epoch_sums) / steps_in_epoch).tolist()
                 state = state._replace(epoch_sums=jnp.zeros_like(state.epoch_sums))
                 test_loss, test_error = evaluate(
-                    state.params, state.model_state, data.test_images, data.test_labels
+                    state.params,
+                    eval_model_state(state.model_state),
+                    data.test_images,
+                    data.test_labels,
                 )
                 record = {
                     "step": step,
