@@ -329,7 +329,7 @@ def init_state(
     config: TrainConfig, model: models_lib.FunctionalModel, tx, sample: jax.Array
 ) -> TrainState:
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    params, model_state = model.init(init_key, sample)
+    params, model_state = jax.jit(model.init)(init_key, sample)  # one compile, not op by op
     return TrainState(
         jnp.zeros([], jnp.int32),
         params,
