@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -50,11 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import relaxjax
 from relaxjax import data as data_lib
 from relaxjax import msa, msa_train
 from relaxjax.optimizers import OptimizerConfig
 from relaxjax.train import DataArrays, TrainConfig, epoch_permutation, load_data
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _env import machine, versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -456,29 +457,6 @@ def step_timing(model: str, rounds: int, log: Callable[[str], None]) -> list[dic
 
 
 # --------------------------------------------------------------------------- output
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores; JAX backend {jax.default_backend()}"
-
-
-def versions() -> str:
-    import flax
-    import jaxlib
-
-    return (
-        f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
-        f"flax {flax.__version__}, relaxjax {relaxjax.__version__}, "
-        f"python {sys.version.split()[0]}"
-    )
 
 
 def _at(curve: list[dict], key: str, value: float, metric: str) -> float | None:
