@@ -46,23 +46,32 @@ CANDIDATES = {
     "rolled scan, threefry noise": {"noise_generator": "threefry"},
     "unroll=4": {"unroll": 4},
     "fully unrolled, no conv rewrite": {"unroll": True, "canonical_convolutions": False},
+    "first gradient in the loop (reuse_gradient=False, the training command's)": {
+        "reuse_gradient": False
+    },
     "no noise (Hopf-Lax cost)": {"noise": 0.0},
 }
 
+# Compile-time modes: the transform's default, and what ``relaxjax train`` uses.
+SCALING_MODES = {"reuse_gradient=True (default)": True, "reuse_gradient=False (train)": False}
 
-def _problem(name: str, num_steps: int, batch_size: int):
-    model = models.get_model(name)
+
+def _problem(name: str, num_steps: int, batch_size: int, model=None):
+    model = model or models.get_model(name)
     shape = SHAPES[name]
     images = jax.random.normal(jax.random.PRNGKey(0), (num_steps, batch_size, *shape))
     labels = jax.random.randint(jax.random.PRNGKey(1), (num_steps, batch_size), 0, 10)
     keys = jax.random.split(jax.random.PRNGKey(2), num_steps)
     params, model_state = model.init(jax.random.PRNGKey(3), images[0, :1])
 
-    def loss(p, i):
+    def loss(p, batches, i):
+        """Loss on mini-batch i; the batches are an argument of the jitted step (as in
+        training), not constants folded into the program."""
+        images, labels, keys = batches
         logits, _ = model.apply(p, model_state, images[i], train=True, dropout_key=keys[i])
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels[i]).mean()
 
-    return params, jax.grad(loss)
+    return params, (images, labels, keys), jax.grad(loss)
 
 
 def _timed(fn, *args, repeats: int) -> list[float]:
@@ -81,8 +90,10 @@ def _relaxation_step(grad, num_steps: int, **options):
     )
 
     @jax.jit
-    def step(params, state):
-        updates, state = tx.update(grad(params, 0), state, params, grad_fn=grad)
+    def step(params, state, batches):
+        updates, state = tx.update(
+            grad(params, batches, 0), state, params, grad_fn=lambda p, i: grad(p, batches, i)
+        )
         return optax.apply_updates(params, updates), state
 
     return tx, step
@@ -91,29 +102,29 @@ def _relaxation_step(grad, num_steps: int, **options):
 def time_candidates(
     name: str, num_steps: int, batch_size: int, rounds: int, repeats: int, candidates=None
 ):
-    params, grad = _problem(name, num_steps, batch_size)
+    params, batches, grad = _problem(name, num_steps, batch_size)
     sgd = optax.sgd(0.1)
 
     @jax.jit
-    def sgd_step(params, state, i):
-        updates, state = sgd.update(grad(params, i), state, params)
+    def sgd_step(params, state, batches, i):
+        updates, state = sgd.update(grad(params, batches, i), state, params)
         return optax.apply_updates(params, updates), state
 
-    def baseline(params):
+    def baseline(params, batches):
         state = sgd.init(params)
         for i in range(num_steps):
-            params, state = sgd_step(params, state, i)
+            params, state = sgd_step(params, state, batches, i)
         return params
 
-    runners = {"baseline: L jitted SGD steps": (baseline, (params,))}
+    runners = {"baseline: L jitted SGD steps": (baseline, (params, batches))}
     compile_seconds = {}
     for label, options in (candidates or CANDIDATES).items():
         tx, step = _relaxation_step(grad, num_steps, **options)
         state = tx.init(params)
         start = time.perf_counter()
-        step.lower(params, state).compile()
+        step.lower(params, state, batches).compile()
         compile_seconds[label] = time.perf_counter() - start
-        runners[label] = (step, (params, state))
+        runners[label] = (step, (params, state, batches))
     for fn, args in runners.values():  # warm up (compile) everything first
         jax.block_until_ready(fn(*args))
     samples = {label: [] for label in runners}
@@ -142,24 +153,70 @@ def scaling_in_L(name: str, batch_size: int, steps=(1, 2, 5, 20, 50), repeats: i
     smallest configuration with the loop.
     """
     rows = []
-    for num_steps in steps:
-        params, grad = _problem(name, max(num_steps, 1), batch_size)
-        tx, step = _relaxation_step(grad, num_steps)
-        state = tx.init(params)
-        times = []
-        for _ in range(repeats):
-            jax.clear_caches()
-            start = time.perf_counter()
-            compiled = step.lower(params, state).compile()
-            times.append(time.perf_counter() - start)
-        seconds = float(np.median(times))
-        memory = compiled.memory_analysis()
-        temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
-        rows.append({"model": name, "L": num_steps, "compile_seconds": seconds, "temp_bytes": temp})
+    for mode, reuse in SCALING_MODES.items():
+        for num_steps in steps:
+            params, batches, grad = _problem(name, max(num_steps, 1), batch_size)
+            tx, step = _relaxation_step(grad, num_steps, reuse_gradient=reuse)
+            state = tx.init(params)
+            times = []
+            for _ in range(repeats):
+                jax.clear_caches()
+                start = time.perf_counter()
+                compiled = step.lower(params, state, batches).compile()
+                times.append(time.perf_counter() - start)
+            memory = compiled.memory_analysis()
+            temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
+            rows.append(
+                {
+                    "model": name,
+                    "mode": mode,
+                    "L": num_steps,
+                    "compile_seconds": float(np.median(times)),
+                    "temp_bytes": temp,
+                }
+            )
     return rows
 
 
-def write_results(out_dir: Path, stem: str, command: str, timing, scaling, args) -> None:
+def time_lenet_lowering(batch_size: int, rounds: int, repeats: int) -> list[dict]:
+    """One LeNet gradient (outside any loop) with Flax's and relaxjax's pooling/convolutions."""
+    import flax.linen as nn
+
+    def flax_pool(x, size):
+        return nn.max_pool(x, (size, size), strides=(size, size))
+
+    variants = [
+        ("nn.max_pool + XLA convolutions (Flax's layers)", flax_pool, "xla"),
+        ("max_pool_tiles + XLA convolutions", models.max_pool_tiles, "xla"),
+        ("max_pool_tiles + PatchConv (LeNet's CPU default)", models.max_pool_tiles, "patches"),
+    ]
+    runners = {}
+    original = models.max_pool_tiles
+    for label, pool, conv in variants:
+        models.max_pool_tiles = pool  # LeNet looks the pooling up when it is traced
+        try:
+            model = models.functional(models.LeNet(conv_implementation=conv))
+            params, batches, grad = _problem("lenet", 1, batch_size, model)
+            step = jax.jit(grad)
+            jax.block_until_ready(step(params, batches, 0))
+        finally:
+            models.max_pool_tiles = original
+        runners[label] = (step, (params, batches, 0))
+    samples = {label: [] for label in runners}
+    for _ in range(rounds):
+        for label, (fn, args) in runners.items():
+            samples[label] += _timed(fn, *args, repeats=repeats)
+    medians = {label: float(np.median(s)) for label, s in samples.items()}
+    first = next(iter(medians.values()))
+    return [
+        {"layers": label, "ms_per_gradient": 1e3 * m, "ratio": m / first}
+        for label, m in medians.items()
+    ]
+
+
+def write_results(
+    out_dir: Path, stem: str, command: str, timing, scaling, args, pooling=()
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     header = {
         "command": command,
@@ -172,7 +229,7 @@ def write_results(out_dir: Path, stem: str, command: str, timing, scaling, args)
         "repeats": args.repeats,
     }
     (out_dir / f"{stem}.json").write_text(
-        json.dumps({**header, "timing": timing, "scaling": scaling}, indent=2)
+        json.dumps({**header, "timing": timing, "scaling": scaling, "pooling": pooling}, indent=2)
     )
     lines = [
         "# Inner-loop efficiency",
@@ -199,20 +256,24 @@ def write_results(out_dir: Path, stem: str, command: str, timing, scaling, args)
     if scaling:
         lines += [
             "",
-            "## Compile time and peak temporary memory against L (default configuration)",
+            "## Compile time and peak temporary memory against L",
             "",
-            "Median of 3 fresh compilations. L = 1 has no inner loop (no `grad_fn` call), "
-            "so the loop's own scaling is read against L = 2.",
+            "Median of 3 fresh compilations of the whole outer step (the gradient at x, "
+            "then the transform). With `reuse_gradient=True` (the transform's default) "
+            "L = 1 has no inner loop and L ≥ 2 compiles a second copy of the gradient "
+            "(the loop body); with `reuse_gradient=False` (what `relaxjax train` uses) "
+            "every L has the gradient once, in the loop, and XLA drops the step's own.",
             "",
-            "| model | L | compile (s) | XLA temp memory (MB) | vs L=1 | vs L=2 | memory vs L=2 |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| model | mode | L | compile (s) | XLA temp memory (MB) | vs L=1 | vs L=2 "
+            "| memory vs L=2 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        by_model: dict[str, dict[int, dict]] = {}
+        by_model: dict[tuple[str, str], dict[int, dict]] = {}
         for row in scaling:
-            by_model.setdefault(row["model"], {})[row["L"]] = row
+            by_model.setdefault((row["model"], row.get("mode", "")), {})[row["L"]] = row
         for row in scaling:
-            ref1 = by_model[row["model"]].get(1, row)
-            ref2 = by_model[row["model"]].get(2, row)
+            ref1 = by_model[(row["model"], row.get("mode", ""))].get(1, row)
+            ref2 = by_model[(row["model"], row.get("mode", ""))].get(2, row)
             mem = "" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 2**20:.1f}"
             mem_ratio = (
                 f"{row['temp_bytes'] / ref2['temp_bytes']:.3f}"
@@ -220,10 +281,27 @@ def write_results(out_dir: Path, stem: str, command: str, timing, scaling, args)
                 else ""
             )
             lines.append(
-                f"| {row['model']} | {row['L']} | {row['compile_seconds']:.2f} | {mem} | "
+                f"| {row['model']} | {row.get('mode', '')} | {row['L']} | "
+                f"{row['compile_seconds']:.2f} | {mem} | "
                 f"{row['compile_seconds'] / ref1['compile_seconds']:.2f} | "
                 f"{row['compile_seconds'] / ref2['compile_seconds']:.2f} | {mem_ratio} |"
             )
+    if pooling:
+        lines += [
+            "",
+            "## LeNet's layers on CPU, one gradient outside any loop",
+            "",
+            "`relaxjax.models.LeNet` pools with `max_pool_tiles` (non-overlapping windows as a "
+            "reshape and a max) and, on CPU, convolves with `PatchConv` (patches times the "
+            "kernel matrix), because XLA:CPU runs the select-and-scatter gradient of "
+            "`nn.max_pool` and the transposed convolutions of LeNet's small convolutions "
+            "slowly; values and gradients equal Flax's layers (tested).",
+            "",
+            "| layers | ms / gradient | ratio |",
+            "| --- | ---: | ---: |",
+        ]
+        for row in pooling:
+            lines.append(f"| {row['layers']} | {row['ms_per_gradient']:.1f} | {row['ratio']:.2f} |")
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -271,8 +349,13 @@ def main(argv=None) -> int:
                     flush=True,
                 )
                 scaling.append(row)
+    pooling = []
+    if "lenet" in args.models and not args.scaling_only:
+        pooling = time_lenet_lowering(args.batch_size, args.rounds, args.repeats)
+        for row in pooling:
+            print(f"lenet    {row['layers']:52s} {row['ms_per_gradient']:8.1f} ms/grad")
     stem = "inner_loop_scaling" if args.scaling_only else "inner_loop"
-    write_results(Path(args.out_dir), stem, command.strip(), timing, scaling, args)
+    write_results(Path(args.out_dir), stem, command.strip(), timing, scaling, args, pooling)
     return 0
 
 

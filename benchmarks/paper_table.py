@@ -14,6 +14,7 @@ or a fraction of it (``--budget-scale``), and writes
     python benchmarks/paper_table.py                           # full budgets (GPU-scale)
     python benchmarks/paper_table.py --models mnistfc --budget-scale 0.1 --seeds 0 1
     python benchmarks/paper_table.py --smoke                   # what the test runs
+    python benchmarks/paper_table.py --models mnistfc --seeds 0 1 --report-only  # runs so far
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ def budget(model: str, optimizer: str) -> float:
     return float(PAPER[(model, optimizer)]["DR"][2])
 
 
+def run_name(model: str, optimizer: str, seed: int) -> str:
+    return f"{model}-{optimizer}-s{seed}"
+
+
 def run_one(model, optimizer, seed, epochs, runs_dir: Path, extra: list[str]) -> Path:
-    run_dir = runs_dir / f"{model}-{optimizer}-s{seed}"
+    run_dir = runs_dir / run_name(model, optimizer, seed)
     argv = [
         "train",
         "--model",
@@ -72,10 +77,11 @@ def run_one(model, optimizer, seed, epochs, runs_dir: Path, extra: list[str]) ->
     return run_dir
 
 
-def summarize(model, optimizer, run_dirs: list[Path]) -> dict:
-    finals, bests, best_epochs, seconds = [], [], [], []
+def summarize(model, optimizer, run_dirs: list[Path], target: float) -> dict:
+    finals, bests, best_epochs, seconds, reached = [], [], [], [], []
     for run_dir in run_dirs:
         metrics = read_metrics(run_dir)
+        reached.append(metrics[-1]["effective_epochs"])
         errors = [100 * m["test_error"] for m in metrics]
         finals.append(errors[-1])
         best = min(errors)
@@ -93,7 +99,9 @@ def summarize(model, optimizer, run_dirs: list[Path]) -> dict:
         "final_error": mean_std(finals),
         "best_error": mean_std(bests),
         "best_epoch": mean_std(best_epochs),
-        "budget": read_metrics(run_dirs[0])[-1]["effective_epochs"],
+        "budget": target,
+        "reached": min(reached),  # effective epochs all seeds have reached
+        "complete": min(reached) >= target - 1e-6,
         "train_seconds": statistics.mean(seconds),
         "paper": PAPER[(model, optimizer)],
     }
@@ -117,13 +125,19 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "columns: DR = Deep Relaxation (authors' notes, to confirm), ES = Entropy-SGD "
         "paper Table 1; each `error ± std @ effective epochs`.",
         "",
-        "| model | optimizer | seeds | budget | final | best @ epochs | paper DR | paper ES |",
+        "'reached / budget': effective epochs every seed has reached, of the row's budget; "
+        "a row short of its budget is a run still in progress (rerun the command to resume "
+        "it), and its errors are those at the epochs reached.",
+        "",
+        "| model | optimizer | seeds | reached / budget | final | best @ epochs | paper DR "
+        "| paper ES |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         paper = {k: f"{v[0]:.2f} ± {v[1]:.2f} @ {v[2]}" for k, v in r["paper"].items()}
         lines.append(
-            f"| {r['model']} | {r['optimizer']} | {r['seeds']} | {r['budget']:g} | "
+            f"| {r['model']} | {r['optimizer']} | {r['seeds']} | "
+            f"{r['reached']:g} / {r['budget']:g}{'' if r['complete'] else ' (in progress)'} | "
             f"{r['final_error'][0]:.2f} ± {r['final_error'][1]:.2f} | "
             f"{r['best_error'][0]:.2f} ± {r['best_error'][1]:.2f} @ {r['best_epoch'][0]:.1f} | "
             f"{paper.get('DR', '')} | {paper.get('ES', '')} |"
@@ -142,33 +156,53 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny runs, for the test")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the table from the runs in --runs-dir (finished or not)",
+    )
     args = parser.parse_args(argv)
     extra = ["--data-dir", args.data_dir] if args.data_dir else []
     if args.smoke:
         args.models, args.optimizers, args.seeds = ["mnistfc"], ["hj"], [0, 1]
         extra += ["--train-limit", "256", "--test-limit", "100", "-L", "2", "--batch-size", "32"]
     start = time.perf_counter()
+    command = "python benchmarks/paper_table.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     rows, all_runs = [], []
     for model in args.models:
         for optimizer in args.optimizers:
             epochs = 1.0 if args.smoke else budget(model, optimizer) * args.budget_scale
-            runs = [
-                run_one(model, optimizer, seed, epochs, Path(args.runs_dir), extra)
-                for seed in args.seeds
-            ]
-            rows.append(summarize(model, optimizer, runs))
+            if args.report_only:
+                runs = [
+                    run_dir
+                    for seed in args.seeds
+                    if read_metrics(
+                        run_dir := Path(args.runs_dir) / run_name(model, optimizer, seed)
+                    )
+                ]
+                if not runs:
+                    continue
+            else:
+                runs = [
+                    run_one(model, optimizer, seed, epochs, Path(args.runs_dir), extra)
+                    for seed in args.seeds
+                ]
+            rows.append(summarize(model, optimizer, runs, epochs))
             all_runs += runs
             print(json.dumps(rows[-1]), flush=True)
-    header = {
-        "command": "python benchmarks/paper_table.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(),
-        "versions": versions(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "budget_scale": args.budget_scale,
-        "wall_seconds": time.perf_counter() - start,
-    }
-    write(Path(args.out_dir), rows, all_runs, header)
+            # Rewritten after every row, so a long run that is stopped leaves the rows it
+            # finished (rerunning the same command resumes the unfinished runs).
+            header = {
+                "command": command,
+                "machine": machine(),
+                "versions": versions(),
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "budget_scale": args.budget_scale,
+                "wall_seconds": time.perf_counter() - start,
+            }
+            write(Path(args.out_dir), rows, all_runs, header)
     return 0
 
 

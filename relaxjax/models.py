@@ -55,6 +55,9 @@ __all__ = [
     "get_model",
     "functional",
     "count_params",
+    "max_pool_tiles",
+    "PatchConv",
+    "conv_as_matmul",
 ]
 
 Params = Any
@@ -80,6 +83,79 @@ class FunctionalModel(NamedTuple):
 
     init: Callable[[jax.Array, jax.Array], tuple[Params, ModelState]]
     apply: Callable[..., tuple[jax.Array, ModelState]]
+
+
+def max_pool_tiles(x: jax.Array, size: int) -> jax.Array:
+    """Non-overlapping ``size x size`` max-pooling of NHWC ``x`` (stride = size, floor rounding).
+
+    The same values as ``nn.max_pool(x, (size, size), strides=(size, size))``,
+    computed as a reshape and a ``max`` over the two window axes. Its gradient
+    is then an elementwise mask instead of XLA's ``select-and-scatter``, which
+    XLA:CPU runs slowly (about 2.7x slower for the whole LeNet gradient, batch
+    128, 2 cores; table "LeNet's layers on CPU" of
+    ``benchmarks/results/inner_loop.md``). Gradients agree except at ties
+    inside a window, which ``max`` shares equally and ``select-and-scatter``
+    gives to the first element; after a ReLU, tied zeros have zero gradient
+    either way.
+    """
+    n, h, w, c = x.shape
+    h, w = h // size * size, w // size * size
+    tiles = x[:, :h, :w].reshape(n, h // size, size, w // size, size, c)
+    return jnp.max(tiles, axis=(2, 4))
+
+
+def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A stride-1 VALID convolution of NHWC ``x`` with an HWIO ``kernel`` as one matrix product.
+
+    The kh·kw shifted views of ``x`` are stacked into patches (im2col) and
+    multiplied by the kernel reshaped to (kh·kw·C_in, C_out). Autodiff then
+    gives two matrix products and pads/adds for the backward pass instead of
+    XLA's transposed convolutions, which XLA:CPU runs slowly for LeNet's
+    shapes (the gradient of its 8x8x20 → 4x4x50 convolution, batch 128, took
+    about 3.5x longer as a convolution on 2 cores; table "LeNet's layers on
+    CPU" of ``benchmarks/results/inner_loop.md`` for the whole network).
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    n, h, w, _ = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    views = [x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)]
+    patches = jnp.stack(views, axis=3).reshape(n * oh * ow, kh * kw * c_in)
+    return (patches @ kernel.reshape(kh * kw * c_in, c_out)).reshape(n, oh, ow, c_out)
+
+
+class PatchConv(nn.Module):
+    """``nn.Conv(features, kernel_size, padding="VALID")`` (stride 1, same parameters and init).
+
+    ``implementation``: ``"patches"`` (:func:`conv_as_matmul`), ``"xla"``
+    (``lax.conv_general_dilated``) or ``"auto"``: patches on the CPU backend,
+    where they are faster for small convolutions, XLA's convolution elsewhere
+    (cuDNN on GPU). Both give the same values and gradients up to float
+    rounding (tested).
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    implementation: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.implementation not in ("auto", "patches", "xla"):
+            raise ValueError(
+                f"implementation must be 'auto', 'patches' or 'xla', got {self.implementation!r}"
+            )
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        patches = self.implementation == "patches" or (
+            self.implementation == "auto" and jax.default_backend() == "cpu"
+        )
+        if patches:
+            y = conv_as_matmul(x, kernel)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        return y + bias
 
 
 def _bn(train: bool) -> nn.BatchNorm:
@@ -110,14 +186,15 @@ class LeNet(nn.Module):
 
     num_classes: int = 10
     dropout: float = 0.5
+    conv_implementation: str = "auto"  # see PatchConv
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)
-        for features, pool in ((20, 3), (50, 2)):
-            x = nn.Conv(features, (5, 5), padding="VALID")(x)
+        for i, (features, pool) in enumerate(((20, 3), (50, 2))):
+            x = PatchConv(features, (5, 5), self.conv_implementation, name=f"Conv_{i}")(x)
             x = nn.relu(_bn(train)(x))
-            x = nn.max_pool(x, (pool, pool), strides=(pool, pool))
+            x = max_pool_tiles(x, pool)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))  # 50 * 2 * 2 = 200 for 28x28 inputs
         x = nn.Dense(500)(x)

@@ -59,6 +59,8 @@ import numpy as np
 import optax
 from flax import struct
 
+from relaxjax.models import max_pool_tiles
+
 __all__ = [
     "Broadcast",
     "DenseClassifier",
@@ -764,7 +766,7 @@ class Projection(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = jnp.tanh(nn.Conv(self.features, self.kernel_size, padding="SAME")(x))
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+        return max_pool_tiles(x, 2)
 
 
 class ResidualConv(nn.Module):

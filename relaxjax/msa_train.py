@@ -53,9 +53,7 @@ dip to 0.76 at iteration 10) and 0.50 at ρ = 0.3.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,7 +62,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from relaxjax import msa
 from relaxjax import train as train_lib
@@ -283,28 +280,6 @@ def layer_sequence_fn(
 # --------------------------------------------------------------------------- the loop
 
 
-def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
-    """Checks ``--resume`` against the saved config (as ``relaxjax.train``), writes config.json."""
-    config_path = run_dir / "config.json"
-    if resume:
-        if not config_path.exists():
-            raise FileNotFoundError(f"--resume: no run to resume in {run_dir} (no config.json)")
-        saved = TrainConfig.from_json(json.loads(config_path.read_text()))
-        differences = train_lib._config_differences(saved, config)
-        if differences:
-            raise ValueError(
-                "--resume: the configuration differs from the saved run "
-                "(only --epochs may change):\n  " + "\n  ".join(differences)
-            )
-    elif config_path.exists() and train_lib.read_metrics(run_dir):
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another "
-            "--run-dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train_lib._write_json_atomic(config_path, config.to_json())
-
-
 def _initial_state(config: TrainConfig, model: FunctionalModel, sample: jax.Array) -> TrainState:
     """As ``relaxjax.train.init_state`` (same initial parameters as SGD for the seed)."""
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -393,7 +368,7 @@ def train_emsa(
     check_emsa_config(config)
     opt = make_emsa(config, canonical_convolutions=canonical_convolutions)  # validates ρ etc.
     run_dir = Path(run_dir)
-    _prepare_run_dir(config, run_dir, resume)
+    train_lib.prepare_run_dir(config, run_dir, resume)
     data = data if data is not None else train_lib.load_data(config)
     n_train = len(data.train_labels)
     steps_per_epoch = n_train // config.batch_size
@@ -408,57 +383,35 @@ def train_emsa(
     # process reuses the compiled maximisation.
     state = jax.device_put(_initial_state(config, model, data.train_images[:1]), jax.devices()[0])
     manager = train_lib._checkpoint_manager(run_dir)
-    if resume and manager.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-        log(f"resumed {run_dir} at iteration {int(state.step)} of {total_steps}")
-    train_lib._truncate_metrics(run_dir, int(state.step))
-
+    state = train_lib.restore_latest(manager, state, resume, run_dir, total_steps, log)
     step_fn = _make_step(config, opt, data.num_classes)
     batch_fn = _make_batch_fn(config.batch_size)
     evaluate = train_lib.make_eval_fn(model, config.eval_batch_size)
 
-    def save(state: TrainState) -> None:
-        manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
-        manager.wait_until_finished()
+    def one_step(state: TrainState, perm: jax.Array, step_in_epoch: int):
+        images, labels = batch_fn(data.train_images, data.train_labels, perm, step_in_epoch)
+        return step_fn(state, images, labels), None
 
-    step = int(state.step)
-    bar = train_lib._progress(total_steps, step, progress)
-    epoch_start, steps_timed = time.perf_counter(), 0
-    perm, perm_epoch = None, None
-    try:
-        while step < total_steps:
-            epoch, step_in_epoch = divmod(step, steps_per_epoch)
-            if perm_epoch != epoch:
-                perm, perm_epoch = train_lib.epoch_permutation(config.seed, epoch, n_train), epoch
-            images, labels = batch_fn(data.train_images, data.train_labels, perm, step_in_epoch)
-            state = step_fn(state, images, labels)
-            step, steps_timed = step + 1, steps_timed + 1
-            bar.update(1)
-            if step % steps_per_epoch == 0 or step == total_steps:
-                seconds = time.perf_counter() - epoch_start
-                state, record = _epoch_record(
-                    config, state, step, steps_per_epoch, seconds, steps_timed, evaluate, data
-                )
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                save(state)
-                bar.write(
-                    f"epoch {record['effective_epochs']:.2f}  train loss "
-                    f"{record['train_loss']:.4f}  test error {100 * record['test_error']:.2f}%"
-                )
-                epoch_start, steps_timed = time.perf_counter(), 0
-            if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        save(state)  # mid-epoch: the epoch's running sums are part of the state
-        bar.close()
-        log(f"interrupted at iteration {step}; continue with --resume (run dir {run_dir})")
-        return train_lib.read_metrics(run_dir)
-    finally:
-        bar.close()
-        manager.close()
-    return train_lib.read_metrics(run_dir)
+    def epoch_end(state: TrainState, step: int, seconds: float, steps_timed: int):
+        return _epoch_record(
+            config, state, step, steps_per_epoch, seconds, steps_timed, evaluate, data
+        )
+
+    return train_lib.run_epochs(
+        state,
+        one_step,
+        epoch_end,
+        run_dir=run_dir,
+        manager=manager,
+        seed=config.seed,
+        n_train=n_train,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        examples_per_step=config.batch_size,
+        progress=progress,
+        stop_after_steps=stop_after_steps,
+        log=log,
+    )
 
 
 def _epoch_record(

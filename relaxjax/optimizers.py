@@ -149,6 +149,10 @@ def make_optimizer(
         step_size=config.step_size,
         alpha=config.alpha,
         weight_decay=config.weight_decay,
+        # The training step uses its gradient at x only as the relaxation's input, so
+        # inner step 0 evaluates it in the loop instead: XLA drops the step's own backward
+        # pass and the compiled step holds one copy of the gradient (compile time flat in L).
+        reuse_gradient=False,
     )
     if config.name == "hj":
         relaxation = hopf_lax(**common)

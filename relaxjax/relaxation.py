@@ -135,6 +135,7 @@ def _relaxation(
     unroll: int | bool | None,
     canonical_convolutions: bool | None = None,
     noise_generator: str = "hash",
+    reuse_gradient: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """The inner loop shared by ``local_entropy`` (ε ≥ 0) and ``hopf_lax`` (ε = 0)."""
     num_steps = _hyper.check_num_steps("num_steps", num_steps)
@@ -175,10 +176,12 @@ def _relaxation(
                 "The relaxation needs the current parameters: call "
                 "tx.update(grads, state, params, grad_fn=grad_fn)."
             )
-        if grad_fn is None and num_steps > 1:
+        if grad_fn is None and (num_steps > 1 or not reuse_gradient):
+            first_index = 1 if reuse_gradient else 0
             raise ValueError(
                 f"grad_fn is required: the inner loop evaluates grad_fn(params, i) for "
-                f"i = 1 … {num_steps - 1} (num_steps={num_steps}); pass "
+                f"i = {first_index} … {num_steps - 1} (num_steps={num_steps}, "
+                f"reuse_gradient={reuse_gradient}); pass "
                 "tx.update(grads, state, params, grad_fn=lambda p, i: jax.grad(loss)(p, "
                 "batches[i]))."
             )
@@ -212,7 +215,9 @@ def _relaxation(
             )
             return _InnerCarry(y, average, optimizer_state)
 
-        first = step(_InnerCarry(x, x, optimizer.init(x)), updates, jnp.zeros([], jnp.int32))
+        start = _InnerCarry(x, x, optimizer.init(x))
+        if reuse_gradient:  # inner step 0 takes the incoming gradient, the loop i = 1 … L − 1
+            start = step(start, updates, jnp.zeros([], jnp.int32))
 
         evaluate = grad_fn
         if canonical_convolutions or (
@@ -225,10 +230,11 @@ def _relaxation(
             _tree.check_matching_tree("The output of grad_fn", grads, x)
             return step(carry, _tree.cast_like(grads, x), i), None
 
-        if num_steps > 1:
-            last, _ = jax.lax.scan(body, first, jnp.arange(1, num_steps), unroll=unroll)
+        first_index = 1 if reuse_gradient else 0
+        if num_steps > first_index:
+            last, _ = jax.lax.scan(body, start, jnp.arange(first_index, num_steps), unroll=unroll)
         else:
-            last = first
+            last = start
         relaxed = jax.tree.map(
             lambda x_, m: ((x_ - m) / gamma_t.astype(x_.dtype)).astype(x_.dtype), x, last.average
         )
@@ -249,6 +255,7 @@ def local_entropy(
     unroll: int | bool | None = None,
     canonical_convolutions: bool | None = None,
     noise_generator: str = "hash",
+    reuse_gradient: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the local entropy (Entropy-SGD).
 
@@ -300,6 +307,16 @@ def local_entropy(
       noise_generator: ``"hash"`` (default; a keyed counter hash, ~3x cheaper
         than threefry on CPU, same 24-bit resolution) or ``"threefry"``
         (``jax.random.normal``). See ``relaxjax._noise``.
+      reuse_gradient: True (default): inner step 0 uses the incoming gradient
+        and ``grad_fn`` is called for i = 1 … L − 1. False: ``grad_fn`` is
+        called for every i = 0 … L − 1 inside the loop and the incoming
+        gradient is only checked against ``params``. The compiled step then
+        holds one copy of the gradient computation (in the loop body) instead
+        of two, so compile time no longer doubles from L = 1 to L = 2 (see
+        ``benchmarks/results/inner_loop.md``); under ``jit`` XLA removes the
+        caller's unused gradient as dead code, so an outer step still costs L
+        gradient evaluations, unless the caller uses that gradient otherwise.
+        ``grad_fn(params, 0)`` must then be the gradient on mini-batch 0.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes
@@ -323,6 +340,7 @@ def local_entropy(
         unroll,
         canonical_convolutions,
         noise_generator,
+        reuse_gradient,
     )
 
 
@@ -335,6 +353,7 @@ def hopf_lax(
     inner_optimizer: optax.GradientTransformation | None = None,
     unroll: int | bool | None = None,
     canonical_convolutions: bool | None = None,
+    reuse_gradient: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the Hopf-Lax (Moreau) envelope.
 
@@ -361,6 +380,7 @@ def hopf_lax(
       inner_optimizer: an Optax transform replacing the inner gradient step.
       unroll: forwarded to ``jax.lax.scan``.
       canonical_convolutions: see ``local_entropy``.
+      reuse_gradient: see ``local_entropy``.
     """
     return _relaxation(
         gamma,
@@ -373,4 +393,5 @@ def hopf_lax(
         0,
         unroll,
         canonical_convolutions,
+        reuse_gradient=reuse_gradient,
     )

@@ -418,24 +418,7 @@ def train(
       log: where to print messages.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if resume:
-        if not config_path.exists():
-            raise FileNotFoundError(f"--resume: no run to resume in {run_dir} (no config.json)")
-        saved = TrainConfig.from_json(json.loads(config_path.read_text()))
-        differences = _config_differences(saved, config)
-        if differences:
-            raise ValueError(
-                "--resume: the configuration differs from the saved run "
-                "(only --epochs may change):\n  " + "\n  ".join(differences)
-            )
-    elif config_path.exists() and read_metrics(run_dir):
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another "
-            "--run-dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(config_path, config.to_json())
+    prepare_run_dir(config, run_dir, resume)
 
     data = data if data is not None else load_data(config)
     if model is None:
@@ -455,34 +438,135 @@ def train(
     data = _place_data(data, mesh)
 
     manager = _checkpoint_manager(run_dir)
+    state = restore_latest(manager, state, resume, run_dir, total_steps, log)
+    evaluate = make_eval_fn(model, config.eval_batch_size)
+
+    def step_fn(state: TrainState, perm: jax.Array, step_in_epoch: int):
+        return train_step(state, data.train_images, data.train_labels, perm, step_in_epoch)
+
+    def epoch_end(state: TrainState, step: int, seconds: float, steps_timed: int):
+        steps_in_epoch = step - (step - 1) // steps_per_epoch * steps_per_epoch
+        train_loss, train_error = (np.asarray(state.epoch_sums) / steps_in_epoch).tolist()
+        state = state._replace(epoch_sums=jnp.zeros_like(state.epoch_sums))
+        test_loss, test_error = evaluate(
+            state.params, eval_model_state(state.model_state), data.test_images, data.test_labels
+        )
+        record = {
+            "step": step,
+            "effective_epochs": step / steps_per_epoch,
+            "gradient_evaluations": step * inner_steps,
+            "train_loss": train_loss,
+            "train_error": train_error,
+            "test_loss": test_loss,
+            "test_error": test_error,
+            "gamma": float(outer_gamma(config.optimizer, step - 1)),
+            "seconds": seconds,
+            "examples_per_second": steps_timed * config.batch_size * inner_steps / seconds,
+        }
+        return state, record
+
+    return run_epochs(
+        state,
+        step_fn,
+        epoch_end,
+        run_dir=run_dir,
+        manager=manager,
+        seed=config.seed,
+        n_train=n_train,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        examples_per_step=config.batch_size * inner_steps,
+        progress=progress,
+        stop_after_steps=stop_after_steps,
+        log=log,
+    )
+
+
+def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+    """Checks ``--resume`` against the saved ``config.json`` (only ``epochs`` may differ),
+    refuses to overwrite a finished or started run, and writes ``config.json``."""
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise FileNotFoundError(f"--resume: no run to resume in {run_dir} (no config.json)")
+        saved = TrainConfig.from_json(json.loads(config_path.read_text()))
+        differences = _config_differences(saved, config)
+        if differences:
+            raise ValueError(
+                "--resume: the configuration differs from the saved run "
+                "(only --epochs may change):\n  " + "\n  ".join(differences)
+            )
+    elif config_path.exists() and read_metrics(run_dir):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+            "--run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(config_path, config.to_json())
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager,
+    state: Any,
+    resume: bool,
+    run_dir: Path,
+    total_steps: int,
+    log: Callable[[str], None],
+) -> Any:
+    """The latest checkpoint's state when resuming (else ``state``); drops metrics past it."""
     if resume and manager.latest_step() is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-        log(f"resumed {run_dir} at outer step {int(state.step)} of {total_steps}")
+        log(f"resumed {run_dir} at step {int(state.step)} of {total_steps}")
     _truncate_metrics(run_dir, int(state.step))
+    return state
 
-    evaluate = make_eval_fn(model, config.eval_batch_size)
 
-    def save(state: TrainState) -> None:
+def run_epochs(
+    state: Any,
+    step_fn: Callable[[Any, jax.Array, int], tuple[Any, dict[str, jax.Array] | None]],
+    epoch_end: Callable[[Any, int, float, int], tuple[Any, dict[str, Any]]],
+    *,
+    run_dir: Path,
+    manager: ocp.CheckpointManager,
+    seed: int,
+    n_train: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    examples_per_step: int,
+    progress: bool,
+    stop_after_steps: int | None,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The training loop shared by every trainer: steps, epoch ends, checkpoints, Ctrl-C.
+
+    ``step_fn(state, perm, step_in_epoch) -> (state, metrics)`` takes one step
+    on the epoch's permutation (``metrics`` with ``loss`` and ``error`` feed the
+    progress bar, or None). At every epoch end (and at the last step)
+    ``epoch_end(state, step, seconds, steps_timed) -> (state, record)``
+    evaluates; the record is appended to ``metrics.jsonl`` and the state
+    checkpointed. Ctrl-C (or ``stop_after_steps``) checkpoints mid-epoch: the
+    state carries the epoch's running sums, so ``--resume`` is exact. Returns
+    all metrics records of the run.
+    """
+
+    def save(state: Any) -> None:
         manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
 
     step = int(state.step)
     bar = _progress(total_steps, step, progress)
     epoch_start, steps_timed = time.perf_counter(), 0
-    examples_per_step = config.batch_size * inner_steps
     perm, perm_epoch = None, None
     try:
         while step < total_steps:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
             if perm_epoch != epoch:
-                perm, perm_epoch = epoch_permutation(config.seed, epoch, n_train), epoch
-            state, metrics = train_step(
-                state, data.train_images, data.train_labels, perm, step_in_epoch
-            )
+                perm, perm_epoch = epoch_permutation(seed, epoch, n_train), epoch
+            state, metrics = step_fn(state, perm, step_in_epoch)
             step, steps_timed = step + 1, steps_timed + 1
             bar.update(1)
-            if step % 10 == 0 or step == total_steps:
+            if metrics is not None and (step % 10 == 0 or step == total_steps):
                 seconds = time.perf_counter() - epoch_start
                 bar.set_postfix(
                     loss=f"{float(metrics['loss']):.3f}",
@@ -490,34 +574,15 @@ def train(
                     ex_per_s=f"{steps_timed * examples_per_step / seconds:.0f}",
                 )
             if step % steps_per_epoch == 0 or step == total_steps:
-                seconds = time.perf_counter() - epoch_start
-                steps_in_epoch = step - (step - 1) // steps_per_epoch * steps_per_epoch
-                train_loss, train_error = (np.asarray(state.epoch_sums) / steps_in_epoch).tolist()
-                state = state._replace(epoch_sums=jnp.zeros_like(state.epoch_sums))
-                test_loss, test_error = evaluate(
-                    state.params,
-                    eval_model_state(state.model_state),
-                    data.test_images,
-                    data.test_labels,
+                state, record = epoch_end(
+                    state, step, time.perf_counter() - epoch_start, steps_timed
                 )
-                record = {
-                    "step": step,
-                    "effective_epochs": step / steps_per_epoch,
-                    "gradient_evaluations": step * inner_steps,
-                    "train_loss": train_loss,
-                    "train_error": train_error,
-                    "test_loss": test_loss,
-                    "test_error": test_error,
-                    "gamma": float(outer_gamma(config.optimizer, step - 1)),
-                    "seconds": seconds,
-                    "examples_per_second": steps_timed * examples_per_step / seconds,
-                }
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 save(state)
                 bar.write(
-                    f"epoch {record['effective_epochs']:.2f}  train loss {train_loss:.4f}"
-                    f"  test error {100 * test_error:.2f}%"
+                    f"epoch {record['effective_epochs']:.2f}  train loss "
+                    f"{record['train_loss']:.4f}  test error {100 * record['test_error']:.2f}%"
                 )
                 epoch_start, steps_timed = time.perf_counter(), 0
             if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
@@ -525,8 +590,7 @@ def train(
     except KeyboardInterrupt:
         save(state)  # mid-epoch: the epoch's running sums are part of the state
         bar.close()
-        log(f"interrupted at outer step {step}; continue with --resume (run dir {run_dir})")
-        return read_metrics(run_dir)
+        log(f"interrupted at step {step}; continue with --resume (run dir {run_dir})")
     finally:
         bar.close()
         manager.close()

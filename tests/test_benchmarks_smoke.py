@@ -22,7 +22,10 @@ def test_inner_loop_benchmark_smoke(tmp_path):
     candidates = {row["candidate"] for row in results["timing"]}
     assert "baseline: L jitted SGD steps" in candidates and len(candidates) == 3
     assert all(row["seconds_per_outer_step"] > 0 for row in results["timing"])
-    assert [row["L"] for row in results["scaling"]] == [1, 2]
+    assert [(row["mode"], row["L"]) for row in results["scaling"]] == [
+        (mode, L) for mode in ("reuse_gradient=True (default)", "reuse_gradient=False (train)")
+        for L in (1, 2)
+    ]  # fmt: skip
     assert "| mnistfc |" in (tmp_path / "inner_loop.md").read_text()
 
 
@@ -37,6 +40,12 @@ def test_paper_table_runner_smoke(tmp_path):
     table = (tmp_path / "paper_table.md").read_text()
     assert "1.17 ± 0.04 @ 200" in table  # the paper's HJ cell beside ours
     assert (tmp_path / "paper_table.png").stat().st_size > 10_000
+    assert "| 1 / 1 |" in table  # every seed reached the budget
+    # --report-only rebuilds the same table from the run directories, training nothing.
+    (tmp_path / "paper_table.json").unlink()
+    assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
+    again = json.loads((tmp_path / "paper_table.json").read_text())["rows"]
+    assert [r["final_error"] for r in again] == [r["final_error"] for r in rows]
 
 
 def test_input_pipeline_benchmark_smoke(tmp_path):

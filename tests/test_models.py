@@ -186,3 +186,52 @@ def test_nnx_modes():
         model.apply(p, s, x, train=True)
     with pytest.raises(TypeError):
         models.functional(object())
+
+
+@pytest.mark.parametrize(
+    ("size", "shape"), [(3, (4, 24, 24, 5)), (2, (3, 7, 9, 2)), (2, (2, 8, 8, 50))]
+)
+def test_max_pool_tiles_matches_flax_max_pool_and_its_gradient(size, shape):
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(size), shape)  # no ties
+    cotangent = jax.random.normal(
+        jax.random.PRNGKey(7), nn.max_pool(x, (size,) * 2, (size,) * 2).shape
+    )
+
+    def pooled(pool):
+        return lambda x: jnp.sum(pool(x) * cotangent)
+
+    flax_pool = lambda x: nn.max_pool(x, (size, size), strides=(size, size))  # noqa: E731
+    tiles_pool = lambda x: models.max_pool_tiles(x, size)  # noqa: E731
+    np.testing.assert_array_equal(tiles_pool(x), flax_pool(x))
+    np.testing.assert_array_equal(jax.grad(pooled(tiles_pool))(x), jax.grad(pooled(flax_pool))(x))
+
+
+def test_lenet_convolution_implementations_agree():
+    """LeNet's patch (im2col) convolutions equal XLA's, values and gradients."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
+    nets = {impl: models.LeNet(conv_implementation=impl) for impl in ("patches", "xla")}
+    variables = {impl: net.init(jax.random.PRNGKey(1), x) for impl, net in nets.items()}
+    jax.tree.map(np.testing.assert_array_equal, variables["patches"], variables["xla"])
+    reference = nn.Conv(20, (5, 5), padding="VALID").init(jax.random.PRNGKey(2), x)
+    conv = models.PatchConv(20, (5, 5)).init(jax.random.PRNGKey(2), x)
+    jax.tree.map(np.testing.assert_array_equal, conv, reference)  # nn.Conv's parameters
+
+    def loss(params, impl):
+        logits, _ = nets[impl].apply(
+            {**variables[impl], "params": params}, x, train=True,
+            rngs={"dropout": jax.random.PRNGKey(3)}, mutable=["batch_stats"],
+        )  # fmt: skip
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+    params = variables["xla"]["params"]
+    values = {impl: jax.value_and_grad(loss)(params, impl) for impl in nets}
+    np.testing.assert_allclose(values["patches"][0], values["xla"][0], rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        values["patches"][1],
+        values["xla"][1],
+    )
+    with pytest.raises(ValueError, match="implementation"):
+        models.PatchConv(4, (3, 3), "cudnn").init(jax.random.PRNGKey(0), x)

@@ -84,6 +84,31 @@ def test_inner_loop_reuses_the_incoming_gradient():
     np.testing.assert_allclose(updates, (x - expected_y) / gamma, rtol=1e-5)
 
 
+@pytest.mark.parametrize("num_steps", [1, 4])
+def test_first_gradient_in_the_loop_gives_the_same_update(num_steps):
+    """reuse_gradient=False calls grad_fn at i = 0 … L−1 and ignores the incoming values."""
+    seen = []
+    grad = jax.grad(_quadratic)
+
+    def grad_fn(p, i):
+        jax.debug.callback(lambda i: seen.append(int(i)), i)
+        return grad(jax.tree.map(lambda a: a + 0.01 * i, p))  # a different "mini-batch" per i
+
+    kwargs = dict(gamma=0.5, num_steps=num_steps, step_size=0.05, noise=0.1, seed=3)
+    reuse = relaxjax.local_entropy(**kwargs)
+    in_loop = relaxjax.local_entropy(**kwargs, reuse_gradient=False)
+    expected, _ = reuse.update(grad(PARAMS), reuse.init(PARAMS), PARAMS, grad_fn=grad_fn)
+    jax.effects_barrier()
+    seen.clear()
+    garbage = jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), PARAMS)
+    updates, _ = in_loop.update(garbage, in_loop.init(PARAMS), PARAMS, grad_fn=grad_fn)
+    jax.effects_barrier()
+    assert seen == list(range(num_steps))
+    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="grad_fn is required.*i = 0"):
+        in_loop.update(garbage, in_loop.init(PARAMS), PARAMS)
+
+
 def test_single_inner_step_needs_no_grad_fn():
     x = jnp.array([1.0])
     tx = relaxjax.hopf_lax(gamma=0.5, num_steps=1, step_size=0.1, alpha=0.0)

@@ -160,3 +160,47 @@ def test_on_device_crop_and_flip():
     assert any(np.array_equal(o, f) for o, f in zip(out, flipped, strict=True))
     # Every crop is a window of the padded (possibly flipped) image: values are preserved.
     assert set(np.unique(out)) <= set(np.unique(originals)) | {0.0}
+
+
+def test_training_step_evaluates_the_first_gradient_inside_the_loop():
+    """make_optimizer's relaxations take reuse_gradient=False: same step, and XLA drops the
+    step's own backward pass at x, so the compiled step holds one gradient, not two."""
+    import optax
+
+    from relaxjax import local_entropy
+    from relaxjax.optimizers import make_optimizer
+    from relaxjax.train import init_state, make_train_step
+
+    images, labels = _blobs(256, 0)
+    model = models.functional(_LinenNet())
+    config = TrainConfig(model="user", optimizer=OptimizerConfig("entropy-sgd", num_steps=3))
+    perm = jnp.arange(256)
+
+    def relaxation(reuse):
+        return optax.chain(
+            local_entropy(gamma=10.0, num_steps=3, noise=1e-3, reuse_gradient=reuse),
+            optax.sgd(1.0, momentum=0.9, nesterov=True),
+        )
+
+    results, dots = {}, {}
+    for name, tx in [
+        ("reuse", relaxation(True)),
+        ("in_loop", relaxation(False)),
+        ("make_optimizer", make_optimizer(config.optimizer, 2.0)),
+    ]:
+        step = make_train_step(model, tx, 3, 32)
+        state = init_state(config, model, tx, images[:1])
+        hlo = step.lower(state, images, labels, perm, 0).compile().as_text()
+        dots[name] = hlo.count(" dot(")
+        for s in range(2):
+            state, _ = step(state, images, labels, perm, s)
+        results[name] = state.params
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        results["reuse"],
+        results["in_loop"],
+    )
+    # Two dense layers: a gradient is 2 forward and 3 backward dots (no input gradient).
+    assert dots["reuse"] == 5 + 5, dots  # the step's own gradient, and the loop body's
+    assert dots["in_loop"] == 2 + 5, dots  # the loss at x (forward only), the loop body
+    assert dots["make_optimizer"] == dots["in_loop"], dots
