@@ -11,8 +11,12 @@ import jax
 import optax
 
 import relaxjax
+from relaxjax.xla_cpu import prefer_sequential_cpu_scheduler
 
 __all__ = ["machine", "versions"]
+
+# What `relaxjax train` uses; the scripts import this module before any JAX computation.
+prefer_sequential_cpu_scheduler()
 
 
 def machine() -> str:
@@ -25,7 +29,11 @@ def machine() -> str:
     except OSError:
         pass
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return f"{cpu}, {os.cpu_count()} cores; JAX backend {jax.default_backend()} ({devices})"
+    flags = os.environ.get("XLA_FLAGS", "")
+    return (
+        f"{cpu}, {os.cpu_count()} cores; JAX backend {jax.default_backend()} ({devices}); "
+        f"XLA_FLAGS `{flags}`"
+    )
 
 
 def versions() -> str:

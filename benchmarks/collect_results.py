@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop", "Inner-loop efficiency (issue: inner loop at the cost of its gradients)"),
-    ("inner_loop_scaling", "Compile time and memory against L"),
+    ("inner_loop_allcnn", "Inner-loop efficiency on All-CNN (CIFAR-10 sized)"),
     ("pytorch_comparison", "Against an eager PyTorch Entropy-SGD"),
     ("input_pipeline", "Input pipeline's share of a step"),
     ("paper_table", "The paper's MNIST table"),

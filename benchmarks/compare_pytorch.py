@@ -55,6 +55,7 @@ import relaxjax
 from relaxjax import models as models_lib
 from relaxjax import train as train_lib
 from relaxjax.optimizers import OptimizerConfig, make_optimizer
+from relaxjax.xla_cpu import prefer_sequential_cpu_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_entropy_sgd import EntropySGD, get_torch_model  # noqa: E402
@@ -337,6 +338,7 @@ def environment(
             "flax": _version("flax"),
         },
         "devices": devices,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_devices": [str(d) for d in jax.devices()],
         "torch_num_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if "cuda" in devices else None,
@@ -375,7 +377,8 @@ def markdown(env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
         f"- PyTorch threads: {env['torch_num_threads']}; JAX devices: "
         f"{', '.join(env['jax_devices'])}; relaxjax default inner-scan unroll at "
-        f"L={s['L']}: {env['relaxjax_default_unroll']}",
+        f"L={s['L']}: {env['relaxjax_default_unroll']}; XLA_FLAGS: "
+        f"`{env.get('xla_flags', '')}`",
         f"- L = {s['L']}, batch {s['batch_size']}, {s['rounds']} rounds x {s['steps']} outer "
         f"steps per implementation (interleaved, order alternating), median per outer step; "
         f"effective epoch = {s['epoch_size']}/{s['batch_size']} gradient evaluations",
@@ -473,6 +476,7 @@ def available_devices() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    prefer_sequential_cpu_scheduler()  # as `relaxjax train` does; before JAX starts
     args = parse_args(argv)
     devices = args.devices or available_devices()
     torch.set_num_threads(_usable_cores())

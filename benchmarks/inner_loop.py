@@ -16,6 +16,14 @@ and XLA's peak memory estimate as L goes from 1 to 50.
     python benchmarks/inner_loop.py                    # all models, writes results/
     python benchmarks/inner_loop.py --models lenet --rounds 3
     python benchmarks/inner_loop.py --smoke            # seconds; what the test runs
+    python benchmarks/inner_loop.py --models allcnn --L 5 --rounds 2 --repeats 1 \
+        --no-scaling --candidates default "rolled scan, no" "no noise" --stem inner_loop_allcnn
+
+Like ``relaxjax train``, it runs with XLA:CPU's concurrency-optimized scheduler
+off (``relaxjax.xla_cpu``); to time XLA's default instead::
+
+    XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true \
+        python benchmarks/inner_loop.py --models lenet --no-scaling --stem inner_loop_xla_scheduler
 """
 
 from __future__ import annotations
@@ -146,6 +154,54 @@ def time_candidates(
     ]
 
 
+def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dict]:
+    """The Langevin noise alone: L inner steps of y ← y + σ ξ inside ``lax.scan``.
+
+    Per inner step this is the work the noise adds to the relaxation (the draw of
+    one normal per parameter and one fused multiply-add); ``axpy only`` is the
+    same loop without the draw (y ← a y + b, the vector-work floor).
+    """
+    from relaxjax import _noise
+
+    params, _, _ = _problem(name, 1, 1)
+
+    def loop(draw):
+        @jax.jit
+        def run(key, y):
+            def body(y, i):
+                if draw is None:
+                    return jax.tree.map(lambda a: 0.999 * a + 1e-6, y), None
+                xi = _noise.gaussian_like(jax.random.fold_in(key, i), y, draw)
+                return jax.tree.map(lambda a, n: a + 1e-5 * n, y, xi), None
+
+            return jax.lax.scan(body, y, jax.numpy.arange(num_steps))[0]
+
+        return run
+
+    runners = {
+        "axpy only (no draw)": loop(None),
+        "hash noise (default)": loop("hash"),
+        "threefry noise": loop("threefry"),
+    }
+    key = jax.random.PRNGKey(0)
+    for fn in runners.values():
+        jax.block_until_ready(fn(key, params))
+    samples = {label: [] for label in runners}
+    for _ in range(rounds):
+        for label, fn in runners.items():
+            samples[label] += _timed(fn, key, params, repeats=repeats)
+    size = sum(leaf.size for leaf in jax.tree.leaves(params))
+    return [
+        {
+            "model": name,
+            "work": label,
+            "parameters": int(size),
+            "ms_per_inner_step": 1e3 * float(np.median(s)) / num_steps,
+        }
+        for label, s in samples.items()
+    ]
+
+
 def scaling_in_L(name: str, batch_size: int, steps=(1, 2, 5, 20, 50), repeats: int = 3):
     """Median compile time over ``repeats`` fresh compilations, and XLA's temp memory.
 
@@ -215,7 +271,7 @@ def time_lenet_lowering(batch_size: int, rounds: int, repeats: int) -> list[dict
 
 
 def write_results(
-    out_dir: Path, stem: str, command: str, timing, scaling, args, pooling=()
+    out_dir: Path, stem: str, command: str, timing, scaling, args, pooling=(), noise=()
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     header = {
@@ -229,7 +285,10 @@ def write_results(
         "repeats": args.repeats,
     }
     (out_dir / f"{stem}.json").write_text(
-        json.dumps({**header, "timing": timing, "scaling": scaling, "pooling": pooling}, indent=2)
+        json.dumps(
+            {**header, "timing": timing, "scaling": scaling, "pooling": pooling, "noise": noise},
+            indent=2,
+        )
     )
     lines = [
         "# Inner-loop efficiency",
@@ -253,6 +312,32 @@ def write_results(
             f"| {row['model']} | {row['candidate']} | {row['ms_per_gradient']:.1f} | "
             f"{row['ratio_to_baseline']:.2f} | {compile_s} |"
         )
+    if noise:
+        baseline = {
+            row["model"]: row["ms_per_gradient"]
+            for row in timing
+            if row["candidate"].startswith("baseline")
+        }
+        lines += [
+            "",
+            "## What the Langevin noise costs",
+            "",
+            "L inner steps of y ← y + σξ alone (one standard normal per parameter and a fused "
+            "multiply-add), inside `lax.scan`, per inner step; 'axpy only' is the same loop "
+            "without the draw. 'share' divides by one baseline gradient (plain SGD step) of "
+            "the table above: a noisy relaxation step cannot be cheaper than 1 + share of "
+            "the draw on this machine, whatever the rest of the loop does.",
+            "",
+            "| model | parameters | work | ms / inner step | share of a baseline gradient |",
+            "| --- | ---: | --- | ---: | ---: |",
+        ]
+        for row in noise:
+            base = baseline.get(row["model"])
+            share = f"{row['ms_per_inner_step'] / base:.2f}" if base else ""
+            lines.append(
+                f"| {row['model']} | {row['parameters']:,} | {row['work']} | "
+                f"{row['ms_per_inner_step']:.2f} | {share} |"
+            )
     if scaling:
         lines += [
             "",
@@ -316,6 +401,16 @@ def main(argv=None) -> int:
     parser.add_argument("--scaling-only", action="store_true", help="only compile time vs L")
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--smoke", action="store_true", help="tiny settings, for the test")
+    parser.add_argument(
+        "--stem", default=None, help="results file name (default inner_loop[_scaling])"
+    )
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        default=None,
+        metavar="PREFIX",
+        help="time only the candidates whose names start with these prefixes [all]",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.L, args.batch_size, args.rounds, args.repeats = ["mnistfc"], 2, 4, 1, 1
@@ -324,7 +419,15 @@ def main(argv=None) -> int:
     )
     # The smoke run times two candidates only (compilation dominates it).
     candidates = dict(list(CANDIDATES.items())[:2]) if args.smoke else None
-    timing, scaling = [], []
+    if args.candidates:
+        candidates = {
+            label: options
+            for label, options in CANDIDATES.items()
+            if any(label.startswith(prefix) for prefix in args.candidates)
+        }
+        if not candidates:
+            parser.error(f"no candidate starts with {args.candidates}; see CANDIDATES")
+    timing, scaling, noise = [], [], []
     for name in args.models:
         rows = (
             []
@@ -340,6 +443,13 @@ def main(argv=None) -> int:
                 flush=True,
             )
         timing += rows
+        if not args.scaling_only:
+            for row in time_noise(name, args.L, args.rounds, args.repeats):
+                print(
+                    f"{name:8s} {row['work']:52s} {row['ms_per_inner_step']:8.2f} ms/step",
+                    flush=True,
+                )
+                noise.append(row)
         if not args.no_scaling:
             steps = (1, 2) if args.smoke else (1, 2, 5, 20, 50)
             for row in scaling_in_L(name, args.batch_size, steps, 1 if args.smoke else 3):
@@ -354,8 +464,8 @@ def main(argv=None) -> int:
         pooling = time_lenet_lowering(args.batch_size, args.rounds, args.repeats)
         for row in pooling:
             print(f"lenet    {row['layers']:52s} {row['ms_per_gradient']:8.1f} ms/grad")
-    stem = "inner_loop_scaling" if args.scaling_only else "inner_loop"
-    write_results(Path(args.out_dir), stem, command.strip(), timing, scaling, args, pooling)
+    stem = args.stem or ("inner_loop_scaling" if args.scaling_only else "inner_loop")
+    write_results(Path(args.out_dir), stem, command.strip(), timing, scaling, args, pooling, noise)
     return 0
 
 

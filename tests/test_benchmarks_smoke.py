@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def test_inner_loop_benchmark_smoke(tmp_path):
         (mode, L) for mode in ("reuse_gradient=True (default)", "reuse_gradient=False (train)")
         for L in (1, 2)
     ]  # fmt: skip
+    assert [row["work"] for row in results["noise"]] == [
+        "axpy only (no draw)",
+        "hash noise (default)",
+        "threefry noise",
+    ]
+    assert all(row["ms_per_inner_step"] > 0 for row in results["noise"])
     assert "| mnistfc |" in (tmp_path / "inner_loop.md").read_text()
 
 
@@ -46,6 +53,14 @@ def test_paper_table_runner_smoke(tmp_path):
     assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
     again = json.loads((tmp_path / "paper_table.json").read_text())["rows"]
     assert [r["final_error"] for r in again] == [r["final_error"] for r in rows]
+    # Runs recorded in full are not trained again (a later session continues the table).
+    records = tmp_path / "paper_runs"
+    assert sorted(p.name for p in records.iterdir()) == ["mnistfc-hj-s0", "mnistfc-hj-s1"]
+    before = (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text()
+    shutil.rmtree(tmp_path / "runs")  # no checkpoints left: only the records remain
+    assert _load("paper_table").main(argv + data_args) == 0
+    assert not (tmp_path / "runs").exists()
+    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == before
 
 
 def test_input_pipeline_benchmark_smoke(tmp_path):
