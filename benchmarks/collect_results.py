@@ -15,6 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop", "Inner-loop efficiency (issue: inner loop at the cost of its gradients)"),
+    ("inner_loop_mnistfc", "Inner-loop efficiency, mnistfc again with more rounds"),
     ("inner_loop_allcnn", "Inner-loop efficiency on All-CNN (CIFAR-10 sized)"),
     ("pytorch_comparison", "Against an eager PyTorch Entropy-SGD"),
     ("input_pipeline", "Input pipeline's share of a step"),
@@ -30,9 +31,10 @@ section below is the file a benchmark script wrote, with its command line, machi
 library versions and date. Regenerate a section by rerunning its command, then this
 script. Sections whose results file does not exist yet are listed as not measured.
 
-Read the machine line of each section: the CPU figures were taken on a shared 2-core VM
-whose load came partly from other work, so absolute times are inflated; the ratios were
-measured side by side in one process.
+Read the machine line of each section: the sections were measured at different times on
+shared 2-core VMs (AMD EPYC for the older ones, Intel Xeon with AVX-512 for the newer), some
+under load from other work, so absolute times differ between sections and are inflated in
+places; the ratios were measured side by side in one process.
 """
 
 
