@@ -9,9 +9,16 @@ or a fraction of it (``--budget-scale``), and writes
   reached, beside the paper's numbers (``../shared/docs/deep-relaxation.md`` §4);
 * ``benchmarks/results/paper_table.json`` and ``paper_table.png`` (test error
   against effective epochs, one curve per run);
-* the run directories under ``--runs-dir`` (``relaxjax plot`` works on them).
+* the run directories under ``--runs-dir`` (``relaxjax plot`` works on them), and
+  each finished run's ``config.json`` and ``metrics.jsonl`` in ``--records-dir``
+  (``benchmarks/results/paper_runs``, committed): the table is built from these
+  records, and a run recorded in full is not trained again.
 
-    python benchmarks/paper_table.py                           # full budgets (GPU-scale)
+Runs go seed by seed (every cell of seed 0, then of seed 1, ...), so a job that
+is stopped leaves a table with every cell it reached; rerunning the command
+continues it.
+
+    python benchmarks/paper_table.py --data-dir ../shared/data # full budgets, seeds 0 1 2
     python benchmarks/paper_table.py --models mnistfc --budget-scale 0.1 --seeds 0 1
     python benchmarks/paper_table.py --smoke                   # what the test runs
     python benchmarks/paper_table.py --models mnistfc --seeds 0 1 --report-only  # runs so far
@@ -252,6 +259,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="train nothing: write the table from the runs in --records-dir (finished or not)",
     )
+    parser.add_argument(
+        "--record-in-progress",
+        action="store_true",
+        help="with --report-only: first record the runs in --runs-dir that have gone further "
+        "than their records (e.g. a job still training), marked in progress in the table",
+    )
     args = parser.parse_args(argv)
     args.records_dir = args.records_dir or str(Path(args.out_dir) / "paper_runs")
     extra = ["--data-dir", args.data_dir] if args.data_dir else []
@@ -280,6 +293,14 @@ def main(argv=None) -> int:
                         flush=True,
                     )
                     report(args, command, start)
+    elif args.record_in_progress:
+        for seed in args.seeds:
+            for model in args.models:
+                for optimizer in args.optimizers:
+                    name = run_name(model, optimizer, seed)
+                    ran = read_metrics(Path(args.runs_dir) / name)
+                    if len(ran) > len(read_metrics(Path(args.records_dir) / name)):
+                        record(Path(args.runs_dir) / name, Path(args.records_dir))
     for row in report(args, command, start):
         print(json.dumps(row), flush=True)
     return 0

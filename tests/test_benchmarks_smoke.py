@@ -57,6 +57,14 @@ def test_paper_table_runner_smoke(tmp_path):
     records = tmp_path / "paper_runs"
     assert sorted(p.name for p in records.iterdir()) == ["mnistfc-hj-s0", "mnistfc-hj-s1"]
     before = (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text()
+    # A run that has gone further than its record (a job still training) is recorded by
+    # --record-in-progress; a plain --report-only leaves the records alone.
+    (records / "mnistfc-hj-s0" / "metrics.jsonl").write_text("")
+    assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
+    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == ""
+    extra = ["--report-only", "--record-in-progress"]
+    assert _load("paper_table").main(argv + data_args + extra) == 0
+    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == before
     shutil.rmtree(tmp_path / "runs")  # no checkpoints left: only the records remain
     assert _load("paper_table").main(argv + data_args) == 0
     assert not (tmp_path / "runs").exists()
