@@ -92,11 +92,29 @@ def record(run_dir: Path, records_dir: Path) -> Path:
     ``records_dir``: the committed record the table is built from."""
     target = records_dir / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "metrics.jsonl"):
+    environment = {
+        "machine": machine(),
+        "versions": versions(),
+        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (target / ".environment.json.tmp").write_text(json.dumps(environment, indent=2))
+    for name in ("config.json", "metrics.jsonl", "environment.json"):
         tmp = target / f".{name}.tmp"
-        shutil.copyfile(run_dir / name, tmp)
+        if name != "environment.json":
+            shutil.copyfile(run_dir / name, tmp)
         os.replace(tmp, target / name)
     return target
+
+
+def run_machines(run_dirs: list[Path]) -> list[str]:
+    """The distinct machine lines the recorded runs were trained on."""
+    found = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "environment.json"
+        line = json.loads(path.read_text())["machine"] if path.exists() else "not recorded"
+        if line not in found:
+            found.append(line)
+    return found
 
 
 def first_reached(metrics: list[dict], threshold: float) -> float | None:
@@ -164,8 +182,14 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
     lines = [
         "# The paper's MNIST table (relaxjax)",
         "",
-        f"- command: `{header['command']}`",
-        f"- machine: {header['machine']}",
+        f"- command: `{header['command']}`"
+        + (
+            " (training: the same without `--report-only`)"
+            if "--report-only" in header["command"]
+            else ""
+        ),
+        f"- runs trained on: {'; '.join(header['run_machines']) or 'no runs yet'}",
+        f"- table written on: {header['machine']}",
         f"- versions: {header['versions']}",
         f"- date: {header['date']}",
         f"- budget: {header['budget_scale']:g} x the paper's effective epochs",
@@ -226,6 +250,7 @@ def report(args, command: str, start: float) -> list[dict]:
         "budget_scale": args.budget_scale,
         "wall_seconds": time.perf_counter() - start,
         "records_dir": _relative(records),
+        "run_machines": run_machines(all_runs),
     }
     write(Path(args.out_dir), rows, all_runs, header)
     return rows

@@ -48,6 +48,11 @@ def test_paper_table_runner_smoke(tmp_path):
     assert "1.17 ± 0.04 @ 200" in table  # the paper's HJ cell beside ours
     assert (tmp_path / "paper_table.png").stat().st_size > 10_000
     assert "| 1 / 1 |" in table  # every seed reached the budget
+    assert "- runs trained on: " in table and "cores" in table
+    environment = json.loads(
+        (tmp_path / "paper_runs" / "mnistfc-hj-s1" / "environment.json").read_text()
+    )
+    assert environment["versions"].startswith("jax ")
     # --report-only rebuilds the same table from the run directories, training nothing.
     (tmp_path / "paper_table.json").unlink()
     assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
