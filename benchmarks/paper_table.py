@@ -165,6 +165,11 @@ def summarize(model, optimizer, run_dirs: list[Path], target: float) -> dict:
     }
 
 
+def _pm(mean_std: tuple[float, float], seeds: int) -> str:
+    """``mean ± std`` over seeds; one seed has no spread to show."""
+    return f"{mean_std[0]:.2f} ± {mean_std[1]:.2f}" if seeds > 1 else f"{mean_std[0]:.2f}"
+
+
 def _fmt_matched(row: dict) -> str:
     hits = row["epochs_to_paper_error"]
     done = [h for h in hits if h is not None]
@@ -197,8 +202,8 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "`seconds` are wall time on a machine shared with other work, paused at times for "
         "timing benchmarks: not a speed measurement)",
         "",
-        "Test error in %, mean ± std over seeds, measured on the 10,000 MNIST test images "
-        "at every effective epoch (an outer step with L inner steps counts L gradient "
+        "Test error in %, mean ± std over seeds (one seed: its value), measured on the "
+        "10,000 MNIST test images at every effective epoch (an outer step with L inner steps counts L gradient "
         "evaluations). 'best @ epochs' is the lowest test error seen and the effective epoch "
         "where it was first reached. 'reached paper' counts the seeds whose test error came "
         "to or below the upper edge of the paper's DR spread (mean + std), and the mean "
@@ -219,8 +224,8 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         lines.append(
             f"| {r['model']} | {r['optimizer']} | {r['seeds']} | "
             f"{r['reached']:g} / {r['budget']:g}{'' if r['complete'] else ' (in progress)'} | "
-            f"{r['final_error'][0]:.2f} ± {r['final_error'][1]:.2f} | "
-            f"{r['best_error'][0]:.2f} ± {r['best_error'][1]:.2f} @ {r['best_epoch'][0]:.1f} | "
+            f"{_pm(r['final_error'], r['seeds'])} | "
+            f"{_pm(r['best_error'], r['seeds'])} @ {r['best_epoch'][0]:.1f} | "
             f"{_fmt_matched(r)} | {paper.get('DR', '')} | {paper.get('ES', '')} |"
         )
     lines += ["", "![test error against effective epochs](paper_table.png)", ""]
