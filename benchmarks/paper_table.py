@@ -202,14 +202,15 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "`seconds` are wall time on a machine shared with other work, paused at times for "
         "timing benchmarks: not a speed measurement)",
         "",
-        "Test error in %, mean ± std over seeds (one seed: its value), measured on the "
-        "10,000 MNIST test images at every effective epoch (an outer step with L inner steps counts L gradient "
-        "evaluations). 'best @ epochs' is the lowest test error seen and the effective epoch "
-        "where it was first reached. 'reached paper' counts the seeds whose test error came "
-        "to or below the upper edge of the paper's DR spread (mean + std), and the mean "
+        "Test error in %, mean ± std over seeds (one seed: its value), measured on the 10,000"
+        " MNIST test images at every effective epoch (an outer step with L inner steps counts"
+        " L gradient evaluations). 'best @ epochs' is the lowest test error seen and the "
+        "effective epoch where it was first reached (selected on the test set, as the papers "
+        "report validation error). 'reached paper' counts the seeds whose test error came to "
+        "or below the upper edge of the paper's DR spread (mean + std), and the mean "
         "effective epoch at which they first did. Paper columns: DR = Deep Relaxation "
-        "(authors' notes, to confirm), ES = Entropy-SGD paper Table 1; each "
-        "`error ± std @ effective epochs`.",
+        "(authors' notes, to confirm), ES = Entropy-SGD paper Table 1; each `error ± std @ "
+        "effective epochs`.",
         "",
         "'reached / budget': effective epochs every seed has reached, of the row's budget; "
         "a row short of its budget is a run still in progress (rerun the command to resume "
