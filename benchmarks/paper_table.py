@@ -38,6 +38,7 @@ from pathlib import Path
 
 from relaxjax import cli
 from relaxjax.plot import plot_runs
+from relaxjax.train import _write_json_atomic as write_json_atomic
 from relaxjax.train import read_metrics, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,6 +60,11 @@ PAPER = {
 def budget(model: str, optimizer: str) -> float:
     """The paper's (Deep Relaxation) budget in effective epochs."""
     return float(PAPER[(model, optimizer)]["DR"][2])
+
+
+def cell_budget(args: argparse.Namespace, model: str, optimizer: str) -> float:
+    """The effective epochs a cell trains for: the paper's budget times ``--budget-scale``."""
+    return 1.0 if args.smoke else budget(model, optimizer) * args.budget_scale
 
 
 def run_name(model: str, optimizer: str, seed: int) -> str:
@@ -92,17 +98,16 @@ def record(run_dir: Path, records_dir: Path) -> Path:
     ``records_dir``: the committed record the table is built from."""
     target = records_dir / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "metrics.jsonl"):
+        tmp = target / f".{name}.tmp"
+        shutil.copyfile(run_dir / name, tmp)
+        os.replace(tmp, target / name)
     environment = {
         "machine": machine(),
         "versions": versions(),
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    (target / ".environment.json.tmp").write_text(json.dumps(environment, indent=2))
-    for name in ("config.json", "metrics.jsonl", "environment.json"):
-        tmp = target / f".{name}.tmp"
-        if name != "environment.json":
-            shutil.copyfile(run_dir / name, tmp)
-        os.replace(tmp, target / name)
+    write_json_atomic(target / "environment.json", environment)
     return target
 
 
@@ -239,7 +244,7 @@ def report(args, command: str, start: float) -> list[dict]:
     rows, all_runs = [], []
     for model in args.models:
         for optimizer in args.optimizers:
-            epochs = 1.0 if args.smoke else budget(model, optimizer) * args.budget_scale
+            epochs = cell_budget(args, model, optimizer)
             runs = [
                 records / run_name(model, optimizer, seed)
                 for seed in args.seeds
@@ -312,7 +317,7 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             for model in args.models:
                 for optimizer in args.optimizers:
-                    epochs = 1.0 if args.smoke else budget(model, optimizer) * args.budget_scale
+                    epochs = cell_budget(args, model, optimizer)
                     done = read_metrics(Path(args.records_dir) / run_name(model, optimizer, seed))
                     if done and done[-1]["effective_epochs"] >= epochs - 1e-6:
                         continue  # recorded in full (by this machine or an earlier one)

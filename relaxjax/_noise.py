@@ -44,7 +44,7 @@ def _lowbias32(x: jax.Array) -> jax.Array:
 
 def _hash_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     words = jax.random.bits(key, (2,), jnp.uint32)
-    # An int32 iota converted: XLA:CPU emits a uint32 iota ~3x slower (same values, n < 2³¹).
+    # An int32 iota converted: XLA:CPU emits a uint32 iota more slowly (same values, n < 2³¹).
     counter = jax.lax.iota(jnp.int32, math.prod(shape)).astype(jnp.uint32)
     bits = _lowbias32(_lowbias32(counter ^ words[0]) ^ words[1])
     # 24-bit uniform on the open interval (−1, 1): centres of 2²⁴ equal cells.
