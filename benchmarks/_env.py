@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import jax
@@ -13,7 +14,7 @@ import optax
 import relaxjax
 from relaxjax.xla_cpu import prefer_sequential_cpu_scheduler
 
-__all__ = ["machine", "versions"]
+__all__ = ["environment", "machine", "now", "versions"]
 
 # What `relaxjax train` uses; the scripts import this module before any JAX computation.
 prefer_sequential_cpu_scheduler()
@@ -45,3 +46,13 @@ def versions() -> str:
         f"flax {flax.__version__}, relaxjax {relaxjax.__version__}, "
         f"python {sys.version.split()[0]}"
     )
+
+
+def now() -> str:
+    """The UTC date and time, to the second (ISO 8601)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def environment(date_key: str = "date") -> dict[str, str]:
+    """The machine, library versions and date written beside every figure."""
+    return {"machine": machine(), "versions": versions(), date_key: now()}

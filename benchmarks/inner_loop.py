@@ -32,7 +32,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import jax
@@ -43,7 +42,7 @@ import relaxjax
 from relaxjax import models
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import machine, versions  # noqa: E402
+from _env import environment  # noqa: E402
 
 SHAPES = {"mnistfc": (28, 28, 1), "lenet": (28, 28, 1), "allcnn": (32, 32, 3)}
 
@@ -276,9 +275,7 @@ def write_results(
     out_dir.mkdir(parents=True, exist_ok=True)
     header = {
         "command": command,
-        "machine": machine(),
-        "versions": versions(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
         "L": args.L,
         "batch_size": args.batch_size,
         "rounds": args.rounds,

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import jax
@@ -28,7 +27,7 @@ from relaxjax import models, train
 from relaxjax.optimizers import OptimizerConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import machine, versions  # noqa: E402
+from _env import environment  # noqa: E402
 
 SETTINGS = {  # model -> (image shape, augmentation as in relaxjax train)
     "mnistfc": ((28, 28, 1), False),
@@ -109,9 +108,7 @@ def main(argv=None) -> int:
     header = {
         "command": "python benchmarks/input_pipeline.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(),
-        "versions": versions(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
     }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,6 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,7 +54,7 @@ from relaxjax.optimizers import OptimizerConfig
 from relaxjax.train import DataArrays, TrainConfig, epoch_permutation, load_data
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import machine, versions  # noqa: E402
+from _env import environment  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -680,9 +679,7 @@ def plot(path: Path, runs: list[dict[str, Any]]) -> None:
 def _provenance(argv: list[str] | None, start: float, load_before: tuple) -> dict[str, Any]:
     return {
         "command": shlex.join(["python", "benchmarks/msa_benchmark.py", *(argv or sys.argv[1:])]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
+        **environment(),
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
         "wall_seconds": time.perf_counter() - start,

@@ -27,6 +27,7 @@ continues it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -38,11 +39,16 @@ from pathlib import Path
 
 from relaxjax import cli
 from relaxjax.plot import plot_runs
-from relaxjax.train import _write_json_atomic as write_json_atomic
-from relaxjax.train import read_metrics, train
+from relaxjax.train import (
+    TrainConfig,
+    config_differences,
+    read_metrics,
+    train,
+    write_json_atomic,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import machine, versions  # noqa: E402
+from _env import environment  # noqa: E402
 
 # Effective-epoch budgets and test errors (%) of the papers (deep-relaxation.md §4).
 # "ES" is Table 1 of the Entropy-SGD paper (ICLR 2017); "DR" the Deep Relaxation
@@ -67,13 +73,18 @@ def cell_budget(args: argparse.Namespace, model: str, optimizer: str) -> float:
     return 1.0 if args.smoke else budget(model, optimizer) * args.budget_scale
 
 
+def seed_major(args: argparse.Namespace) -> itertools.product:
+    """(seed, model, optimizer) with the seed outermost: each pass gives every cell one more
+    run, so a long job that is stopped leaves a table with every cell (rerunning resumes)."""
+    return itertools.product(args.seeds, args.models, args.optimizers)
+
+
 def run_name(model: str, optimizer: str, seed: int) -> str:
     return f"{model}-{optimizer}-s{seed}"
 
 
-def run_one(model, optimizer, seed, epochs, runs_dir: Path, extra: list[str]) -> Path:
-    """Trains (or resumes) one run to ``epochs`` effective epochs; returns its directory."""
-    run_dir = runs_dir / run_name(model, optimizer, seed)
+def cell_config(model, optimizer, seed, epochs, extra: list[str]) -> TrainConfig:
+    """The configuration ``relaxjax train`` gives this cell and seed."""
     argv = [
         "train",
         "--model",
@@ -87,8 +98,27 @@ def run_one(model, optimizer, seed, epochs, runs_dir: Path, extra: list[str]) ->
         "--no-progress",
         *extra,
     ]
-    config = cli.config_from_args(cli.build_parser().parse_args(argv))
+    return cli.config_from_args(cli.build_parser().parse_args(argv))
+
+
+def differences(run_dir: Path, config: TrainConfig) -> list[str]:
+    """How the run in ``run_dir`` was configured otherwise than ``config`` (data dir aside)."""
+    saved = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+    return [d for d in config_differences(saved, config) if not d.startswith("data_dir:")]
+
+
+def run_one(config: TrainConfig, run_dir: Path) -> Path:
+    """Trains (or resumes) one run to ``config.epochs`` effective epochs; returns its directory.
+
+    A run directory left by a different configuration (e.g. an older default) is moved
+    to ``superseded/`` beside it and the run starts again.
+    """
     resume = (run_dir / "config.json").exists()
+    if resume and differences(run_dir, config):
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        (run_dir.parent / "superseded").mkdir(exist_ok=True)
+        run_dir.rename(run_dir.parent / "superseded" / f"{run_dir.name}-{stamp}")
+        resume = False
     train(config, run_dir, resume=resume, progress=False)
     return run_dir
 
@@ -102,12 +132,7 @@ def record(run_dir: Path, records_dir: Path) -> Path:
         tmp = target / f".{name}.tmp"
         shutil.copyfile(run_dir / name, tmp)
         os.replace(tmp, target / name)
-    environment = {
-        "machine": machine(),
-        "versions": versions(),
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json_atomic(target / "environment.json", environment)
+    write_json_atomic(target / "environment.json", environment(date_key="recorded"))
     return target
 
 
@@ -120,6 +145,16 @@ def run_machines(run_dirs: list[Path]) -> list[str]:
         if line not in found:
             found.append(line)
     return found
+
+
+def refresh_batches(run_dir: Path) -> int:
+    """How many batches re-estimated BatchNorm's statistics before each evaluation (0: none)."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    return TrainConfig.from_json(config).refresh_batches
+
+
+def _fmt_refresh(refresh: int) -> str:
+    return f"refreshed ({refresh} batches)" if refresh else "as trained"
 
 
 def first_reached(metrics: list[dict], threshold: float) -> float | None:
@@ -221,14 +256,22 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "a row short of its budget is a run still in progress (rerun the command to resume "
         "it), and its errors are those at the epochs reached.",
         "",
-        "| model | optimizer | seeds | reached / budget | final | best @ epochs "
+        "'BN statistics': the BatchNorm running statistics the test error was measured with. "
+        "'refreshed': re-estimated before every evaluation at the current weights from "
+        "training mini-batches with dropout off, as the original code does (its dry feed; "
+        "`relaxjax train --refresh-batches`, default 50). 'as trained': the running averages "
+        "gathered during training with dropout on (runs recorded before the refresh existed). "
+        "The weights' trajectory is the same either way; seeds evaluated differently are "
+        "separate rows.",
+        "",
+        "| model | optimizer | BN statistics | seeds | reached / budget | final | best @ epochs "
         "| reached paper | paper DR | paper ES |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         paper = {k: f"{v[0]:.2f} ± {v[1]:.2f} @ {v[2]}" for k, v in r["paper"].items()}
         lines.append(
-            f"| {r['model']} | {r['optimizer']} | {r['seeds']} | "
+            f"| {r['model']} | {r['optimizer']} | {_fmt_refresh(r['refresh'])} | {r['seeds']} | "
             f"{r['reached']:g} / {r['budget']:g}{'' if r['complete'] else ' (in progress)'} | "
             f"{_pm(r['final_error'], r['seeds'])} | "
             f"{_pm(r['best_error'], r['seeds'])} @ {r['best_epoch'][0]:.1f} | "
@@ -250,14 +293,14 @@ def report(args, command: str, start: float) -> list[dict]:
                 for seed in args.seeds
                 if read_metrics(records / run_name(model, optimizer, seed))
             ]
-            if runs:
-                rows.append(summarize(model, optimizer, runs, epochs))
-                all_runs += runs
+            # One row per evaluation protocol: seeds evaluated differently are not pooled.
+            for refresh in sorted({refresh_batches(r) for r in runs}, reverse=True):
+                group = [r for r in runs if refresh_batches(r) == refresh]
+                rows.append(summarize(model, optimizer, group, epochs) | {"refresh": refresh})
+            all_runs += runs
     header = {
         "command": command,
-        "machine": machine(),
-        "versions": versions(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
         "budget_scale": args.budget_scale,
         "wall_seconds": time.perf_counter() - start,
         "records_dir": _relative(records),
@@ -312,31 +355,31 @@ def main(argv=None) -> int:
         argv if argv is not None else sys.argv[1:]
     )
     if not args.report_only:
-        # Seed-major: after each pass over the seeds every cell has one more run, so a long
-        # job that is stopped leaves a table with every cell (rerunning resumes the rest).
-        for seed in args.seeds:
-            for model in args.models:
-                for optimizer in args.optimizers:
-                    epochs = cell_budget(args, model, optimizer)
-                    done = read_metrics(Path(args.records_dir) / run_name(model, optimizer, seed))
-                    if done and done[-1]["effective_epochs"] >= epochs - 1e-6:
-                        continue  # recorded in full (by this machine or an earlier one)
-                    run_dir = run_one(model, optimizer, seed, epochs, Path(args.runs_dir), extra)
-                    last = read_metrics(record(run_dir, Path(args.records_dir)))[-1]
-                    print(
-                        f"{run_dir.name}: {100 * last['test_error']:.2f}% test error at "
-                        f"{last['effective_epochs']:g} effective epochs",
-                        flush=True,
-                    )
-                    report(args, command, start)
+        for seed, model, optimizer in seed_major(args):
+            epochs = cell_budget(args, model, optimizer)
+            config = cell_config(model, optimizer, seed, epochs, extra)
+            name = run_name(model, optimizer, seed)
+            done = read_metrics(Path(args.records_dir) / name)
+            if (
+                done
+                and done[-1]["effective_epochs"] >= epochs - 1e-6
+                and not differences(Path(args.records_dir) / name, config)
+            ):
+                continue  # recorded in full, as configured now (by any machine)
+            run_dir = run_one(config, Path(args.runs_dir) / name)
+            last = read_metrics(record(run_dir, Path(args.records_dir)))[-1]
+            print(
+                f"{run_dir.name}: {100 * last['test_error']:.2f}% test error at "
+                f"{last['effective_epochs']:g} effective epochs",
+                flush=True,
+            )
+            report(args, command, start)
     elif args.record_in_progress:
-        for seed in args.seeds:
-            for model in args.models:
-                for optimizer in args.optimizers:
-                    name = run_name(model, optimizer, seed)
-                    ran = read_metrics(Path(args.runs_dir) / name)
-                    if len(ran) > len(read_metrics(Path(args.records_dir) / name)):
-                        record(Path(args.runs_dir) / name, Path(args.records_dir))
+        for seed, model, optimizer in seed_major(args):
+            name = run_name(model, optimizer, seed)
+            ran = read_metrics(Path(args.runs_dir) / name)
+            if len(ran) > len(read_metrics(Path(args.records_dir) / name)):
+                record(Path(args.runs_dir) / name, Path(args.records_dir))
     for row in report(args, command, start):
         print(json.dumps(row), flush=True)
     return 0

@@ -1,10 +1,10 @@
 """Gaussian noise for the Langevin inner loop, cheap enough to draw every inner step.
 
 An inner step of Entropy-SGD needs one standard normal per parameter. With
-``jax.random.normal`` (threefry) that costs more than the gradient of an MLP on
-CPU: ~7.5 ms for the 1.87M weights of ``mnistfc`` on 2 idle cores, against
-~2.2 ms for the generator below, most of it the logarithm inside erf⁻¹
-(``benchmarks/inner_loop.py`` records both inside the inner loop).
+``jax.random.normal`` (threefry) that can cost as much as the gradient of an
+MLP on CPU; the generator below is several times cheaper, most of its cost
+the logarithm inside erf⁻¹. ``benchmarks/inner_loop.py`` times both inside the
+inner loop ("What the Langevin noise costs" in its results, with the machine).
 
 ``"hash"`` (default): per leaf, the counter c = 0 … n−1 is hashed by two
 rounds of a 32-bit integer mixer (Wellons' low-bias ``lowbias32``) keyed by

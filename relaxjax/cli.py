@@ -127,6 +127,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--train-limit", type=int, default=None, help="use the first N examples")
     p.add_argument("--test-limit", type=int, default=None, help="use the first N test examples")
+    p.add_argument(
+        "--refresh-batches",
+        type=int,
+        default=50,
+        help="re-estimate BatchNorm statistics from N training batches with dropout off before "
+        "each evaluation, as the original code does (0: off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _emsa_arguments(p)
     p.set_defaults(command=_train)
@@ -230,6 +237,7 @@ def config_from_args(args: argparse.Namespace):
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         devices=args.devices,
+        refresh_batches=args.refresh_batches,
     )
 
 

@@ -83,6 +83,12 @@ class FunctionalModel(NamedTuple):
 
     init: Callable[[jax.Array, jax.Array], tuple[Params, ModelState]]
     apply: Callable[..., tuple[jax.Array, ModelState]]
+    feed_statistics: Callable[[Params, ModelState, jax.Array], ModelState] | None = None
+    """``feed_statistics(params, model_state, x) -> new_model_state``: one forward
+    pass with normalisation in train mode (batch statistics, running statistics
+    updated) and dropout *off*. Used to re-estimate BatchNorm's running
+    statistics before an evaluation, as the original code's "dry feed" does
+    (see ``relaxjax.train.make_statistics_refresh``). None: not supported."""
 
 
 def max_pool_tiles(x: jax.Array, size: int) -> jax.Array:
@@ -288,7 +294,23 @@ def _linen_functional(module: nn.Module, train_kwarg: str | None) -> FunctionalM
             return logits, {**model_state, **updates}
         return module.apply(variables, x, rngs=rngs, **mode(train)), model_state
 
-    return FunctionalModel(init, apply)
+    def feed_statistics(params: Params, model_state: ModelState, x: jax.Array) -> ModelState:
+        if not model_state:
+            return model_state
+        with nn.intercept_methods(_skip_dropout):
+            _, updates = module.apply(
+                {"params": params, **model_state}, x, mutable=list(model_state), **mode(True)
+            )
+        return {**model_state, **updates}
+
+    return FunctionalModel(init, apply, feed_statistics)
+
+
+def _skip_dropout(next_fun, args, kwargs, context):
+    """A linen method interceptor that makes every ``nn.Dropout`` the identity."""
+    if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+        return args[0] if args else kwargs["inputs"]
+    return next_fun(*args, **kwargs)
 
 
 def _nnx_functional(model: nnx.Module) -> FunctionalModel:
@@ -328,7 +350,17 @@ def _nnx_functional(model: nnx.Module) -> FunctionalModel:
         _, _, _, new_rest = nnx.split(m, nnx.Param, nnx.RngState, ...)
         return logits, nnx.to_pure_dict(new_rest)
 
-    return FunctionalModel(init, apply)
+    def feed_statistics(params: Params, model_state: ModelState, x: jax.Array) -> ModelState:
+        if not model_state:
+            return model_state
+        m = nnx.merge(graphdef, params, rng0, model_state)
+        m.train()
+        m.set_attributes(nnx.Dropout, deterministic=True, raise_if_not_found=False)
+        m(x)
+        _, _, _, new_rest = nnx.split(m, nnx.Param, nnx.RngState, ...)
+        return nnx.to_pure_dict(new_rest)
+
+    return FunctionalModel(init, apply, feed_statistics)
 
 
 def functional(
@@ -349,7 +381,9 @@ def functional(
       ignores its key and returns the module's current values. Dropout
       layers must be built with ``rngs=`` so that they own their stream.
 
-    Params and state are plain nested dicts of arrays in both cases.
+    Params and state are plain nested dicts of arrays in both cases. Both also
+    get ``feed_statistics`` (train-mode normalisation with every ``Dropout``
+    made the identity: intercepted for linen, ``deterministic=True`` for NNX).
     """
     if isinstance(model, nnx.Module):
         return _nnx_functional(model)

@@ -83,6 +83,12 @@ class TrainConfig:
       devices: run data-parallel on a mesh of the first N devices (None: the
         default device, unsharded). ``batch_size`` must be divisible by the
         mesh's ``'data'`` axis.
+      refresh_batches: before every evaluation, re-estimate the BatchNorm
+        running statistics at the current weights from this many training
+        mini-batches (``batch_size`` each) with dropout off, as the original
+        code does before each validation (its "dry feed", see
+        :func:`make_statistics_refresh`); 0 turns it off. Models without
+        model state are unaffected.
     """
 
     model: str = "mnistfc"
@@ -98,10 +104,13 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     devices: int | None = None
+    refresh_batches: int = 50
 
     def __post_init__(self):
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.refresh_batches < 0:
+            raise ValueError(f"refresh_batches must be >= 0, got {self.refresh_batches}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -119,6 +128,8 @@ class TrainConfig:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> TrainConfig:
         values = dict(values)
+        # Runs saved before the refresh existed were evaluated without one.
+        values.setdefault("refresh_batches", 0)
         optimizer = dict(values.pop("optimizer"))
         optimizer["lr_milestones"] = tuple(optimizer.get("lr_milestones", ()))
         return cls(optimizer=OptimizerConfig(**optimizer), **values)
@@ -274,6 +285,43 @@ def make_eval_fn(
     return evaluate
 
 
+def make_statistics_refresh(
+    model: models_lib.FunctionalModel, batch_size: int, num_batches: int
+) -> Callable[[Any, Any, jax.Array, int, int], Any]:
+    """``refresh(params, model_state, images, seed, step) -> model_state``, BatchNorm re-estimated.
+
+    Before every validation the original Entropy-SGD / Deep Relaxation code
+    runs the training set through the network in train mode with every
+    dropout probability set to 0 (its ``dry_feed``), so that BatchNorm's
+    running statistics describe the activations the evaluation sees: the
+    statistics gathered during training are taken with dropout on, which
+    changes the scale of every layer after a dropout. ``refresh`` does the
+    same with ``model.feed_statistics``. BatchNorm puts weight 0.1 on each new
+    batch (PyTorch's momentum, ``_BN_MOMENTUM`` of ``relaxjax.models``), so
+    after a full pass the statistics are those of its last k batches up to a
+    weight 0.9^k on everything older (0.9^50 ≈ 0.005): ``num_batches`` = 50
+    random mini-batches give the original's estimate at a ninth of MNIST's
+    pass. The batches depend on (seed, step) only, so a resumed run draws the
+    same ones. ``model_state`` comes back unchanged when it is empty, when
+    the model has no ``feed_statistics`` or when ``num_batches`` is 0.
+    """
+    feed = None if model.feed_statistics is None else jax.jit(model.feed_statistics)
+
+    def refresh(params, model_state, images, seed: int, step: int):
+        if feed is None or num_batches == 0 or not jax.tree.leaves(model_state):
+            return model_state
+        n = len(images)
+        size = min(batch_size, n)
+        count = max(1, min(num_batches, n // size))
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0xD27F), step)
+        order = jax.random.permutation(key, n)[: count * size].reshape(count, size)
+        for indices in order:
+            model_state = feed(params, model_state, jnp.take(images, indices, axis=0))
+        return model_state
+
+    return refresh
+
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
     """The order of the training set in epoch ``epoch``: a function of (seed, epoch) only."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED), epoch)
@@ -283,7 +331,8 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
 # --------------------------------------------------------------------------- run directory
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Writes ``value`` as JSON to ``path`` through a temporary file and a rename (atomic)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
     os.replace(tmp, path)
@@ -310,7 +359,8 @@ def _checkpoint_manager(run_dir: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(run_dir.absolute() / "checkpoints", options=options)
 
 
-def _config_differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
+def config_differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
+    """``"field: saved A, given B"`` for every setting that differs (the budget aside)."""
     a, b = saved.to_json(), given.to_json()
     a.pop("epochs"), b.pop("epochs")
     flat = lambda d: {  # noqa: E731
@@ -440,6 +490,8 @@ def train(
     manager = _checkpoint_manager(run_dir)
     state = restore_latest(manager, state, resume, run_dir, total_steps, log)
     evaluate = make_eval_fn(model, config.eval_batch_size)
+    refresh = make_statistics_refresh(model, config.batch_size, config.refresh_batches)
+    parle = config.optimizer.name == "parle"
 
     def step_fn(state: TrainState, perm: jax.Array, step_in_epoch: int):
         return train_step(state, data.train_images, data.train_labels, perm, step_in_epoch)
@@ -448,8 +500,13 @@ def train(
         steps_in_epoch = step - (step - 1) // steps_per_epoch * steps_per_epoch
         train_loss, train_error = (np.asarray(state.epoch_sums) / steps_in_epoch).tolist()
         state = state._replace(epoch_sums=jnp.zeros_like(state.epoch_sums))
+        model_state = refresh(
+            state.params, eval_model_state(state.model_state), data.train_images, config.seed, step
+        )
+        if not parle:  # Parle keeps one state per replica; x̄'s refreshed one serves eval only
+            state = state._replace(model_state=model_state)
         test_loss, test_error = evaluate(
-            state.params, eval_model_state(state.model_state), data.test_images, data.test_labels
+            state.params, model_state, data.test_images, data.test_labels
         )
         record = {
             "step": step,
@@ -490,7 +547,7 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         if not config_path.exists():
             raise FileNotFoundError(f"--resume: no run to resume in {run_dir} (no config.json)")
         saved = TrainConfig.from_json(json.loads(config_path.read_text()))
-        differences = _config_differences(saved, config)
+        differences = config_differences(saved, config)
         if differences:
             raise ValueError(
                 "--resume: the configuration differs from the saved run "
@@ -502,7 +559,7 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
             "--run-dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(config_path, config.to_json())
+    write_json_atomic(config_path, config.to_json())
 
 
 def restore_latest(
