@@ -74,6 +74,22 @@ def test_paper_table_runner_smoke(tmp_path):
     assert _load("paper_table").main(argv + data_args) == 0
     assert not (tmp_path / "runs").exists()
     assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == before
+    assert "| mnistfc | hj | refreshed (50 batches) | 2 |" in table
+    # A record of another configuration (here: written before the BatchNorm refresh
+    # existed) is trained again; a run directory of that configuration is set aside.
+    config_path = records / "mnistfc-hj-s1" / "config.json"
+    old_config = json.loads(config_path.read_text())
+    del old_config["refresh_batches"]
+    config_path.write_text(json.dumps(old_config))
+    shutil.copytree(records / "mnistfc-hj-s1", tmp_path / "runs" / "mnistfc-hj-s1")
+    assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
+    table = (tmp_path / "paper_table.md").read_text()
+    assert "| mnistfc | hj | as trained | 1 |" in table  # each protocol its own row
+    assert _load("paper_table").main(argv + data_args) == 0
+    assert json.loads(config_path.read_text())["refresh_batches"] == 50
+    superseded = list((tmp_path / "runs" / "superseded").iterdir())
+    assert [p.name.rsplit("-", 1)[0] for p in superseded] == ["mnistfc-hj-s1"]
+    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == before
 
 
 def test_input_pipeline_benchmark_smoke(tmp_path):
