@@ -30,6 +30,7 @@ import argparse
 import itertools
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -351,8 +352,8 @@ def main(argv=None) -> int:
         args.models, args.optimizers, args.seeds = ["mnistfc"], ["hj"], [0, 1]
         extra += ["--train-limit", "256", "--test-limit", "100", "-L", "2", "--batch-size", "32"]
     start = time.perf_counter()
-    command = "python benchmarks/paper_table.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
+    command = shlex.join(
+        ["python", "benchmarks/paper_table.py", *(argv if argv is not None else sys.argv[1:])]
     )
     if not args.report_only:
         for seed, model, optimizer in seed_major(args):

@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -565,8 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     from relaxjax import models
     from relaxjax.train import load_data
 
-    command = "python benchmarks/parle_benchmark.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
+    command = shlex.join(
+        ["python", "benchmarks/parle_benchmark.py", *(argv if argv is not None else sys.argv[1:])]
     )
     data = load_data(_config(args, "sgd", None))
     runs, comm = [], {}
