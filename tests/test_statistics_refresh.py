@@ -74,8 +74,9 @@ def test_refresh_recovers_the_variance_dropout_inflates(make):
     model = make(0.5)
     x = _gaussian(8192, sigma=2.0)
     params, state = model.init(jax.random.PRNGKey(0), x[:1])
+    apply = jax.jit(model.apply, static_argnames="train")
     for i in range(60):  # training: BatchNorm statistics gathered with dropout on
-        _, state = model.apply(
+        _, state = apply(
             params, state, x[i * 128 % 8192 :][:128], train=True, dropout_key=jax.random.PRNGKey(i)
         )
     trained_var = np.asarray(jax.tree.leaves(state)[-1])
