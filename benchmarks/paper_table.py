@@ -102,10 +102,15 @@ def cell_config(model, optimizer, seed, epochs, extra: list[str]) -> TrainConfig
     return cli.config_from_args(cli.build_parser().parse_args(argv))
 
 
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run directory or record was trained with."""
+    return TrainConfig.from_json(json.loads((Path(run_dir) / "config.json").read_text()))
+
+
 def differences(run_dir: Path, config: TrainConfig) -> list[str]:
     """How the run in ``run_dir`` was configured otherwise than ``config`` (data dir aside)."""
-    saved = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
-    return [d for d in config_differences(saved, config) if not d.startswith("data_dir:")]
+    found = config_differences(saved_config(run_dir), config)
+    return [d for d in found if not d.startswith("data_dir:")]
 
 
 def run_one(config: TrainConfig, run_dir: Path) -> Path:
@@ -146,12 +151,6 @@ def run_machines(run_dirs: list[Path]) -> list[str]:
         if line not in found:
             found.append(line)
     return found
-
-
-def refresh_batches(run_dir: Path) -> int:
-    """How many batches re-estimated BatchNorm's statistics before each evaluation (0: none)."""
-    config = json.loads((Path(run_dir) / "config.json").read_text())
-    return TrainConfig.from_json(config).refresh_batches
 
 
 def _fmt_refresh(refresh: int) -> str:
@@ -295,9 +294,10 @@ def report(args, command: str, start: float) -> list[dict]:
                 if read_metrics(records / run_name(model, optimizer, seed))
             ]
             # One row per evaluation protocol: seeds evaluated differently are not pooled.
-            for refresh in sorted({refresh_batches(r) for r in runs}, reverse=True):
-                group = [r for r in runs if refresh_batches(r) == refresh]
-                rows.append(summarize(model, optimizer, group, epochs) | {"refresh": refresh})
+            refresh = {r: saved_config(r).refresh_batches for r in runs}
+            for batches in sorted(set(refresh.values()), reverse=True):
+                group = [r for r in runs if refresh[r] == batches]
+                rows.append(summarize(model, optimizer, group, epochs) | {"refresh": batches})
             all_runs += runs
     header = {
         "command": command,

@@ -305,10 +305,13 @@ def make_statistics_refresh(
     same ones. ``model_state`` comes back unchanged when it is empty, when
     the model has no ``feed_statistics`` or when ``num_batches`` is 0.
     """
-    feed = None if model.feed_statistics is None else jax.jit(model.feed_statistics)
+
+    @jax.jit
+    def feed(params, model_state, images, indices):
+        return model.feed_statistics(params, model_state, jnp.take(images, indices, axis=0))
 
     def refresh(params, model_state, images, seed: int, step: int):
-        if feed is None or num_batches == 0 or not jax.tree.leaves(model_state):
+        if model.feed_statistics is None or num_batches == 0 or not jax.tree.leaves(model_state):
             return model_state
         n = len(images)
         size = min(batch_size, n)
@@ -316,7 +319,7 @@ def make_statistics_refresh(
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0xD27F), step)
         order = jax.random.permutation(key, n)[: count * size].reshape(count, size)
         for indices in order:
-            model_state = feed(params, model_state, jnp.take(images, indices, axis=0))
+            model_state = feed(params, model_state, images, indices)  # gather inside the jit
         return model_state
 
     return refresh
