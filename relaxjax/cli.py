@@ -10,7 +10,7 @@ from pathlib import Path
 
 from relaxjax.optimizers import OPTIMIZERS, RELAXATIONS, OptimizerConfig
 
-MODELS = ("mnistfc", "lenet", "allcnn", "msa-resnet", "msa-resnet-tiny")
+MODELS = ("mnistfc", "lenet", "allcnn", "mnistfc-dr", "lenet-dr", "msa-resnet", "msa-resnet-tiny")
 _EMSA_MODELS = ("msa-resnet", "msa-resnet-tiny")  # layer sequences (relaxjax.msa_train)
 DATASETS = ("mnist", "cifar10", "cifar100", "cifar10-jpeg")
 

@@ -13,6 +13,14 @@ the Entropy-SGD repository), as summarised in section 3 of
 * :class:`AllCNN` (``allcnn``): All-CNN-C with BN (Springenberg et al. 2015),
   c1 = 96, c2 = 192, input dropout 0.2, global average pooling.
 
+The Deep Relaxation paper's MNIST cells come from the authors' later research
+code (``code/models.py`` of their Hamilton-Jacobi repository, the same networks
+as in their Parle code), whose networks differ; they are registered as
+
+* ``mnistfc-dr``: dropout 0.2 (input and hidden), Dense-ReLU-BN order;
+* ``lenet-dr``: conv5x5-ReLU-maxpool-BN-dropout blocks, 200-500-10 *without*
+  BN on the 500-unit layer, dropout 0.25 throughout.
+
 Details kept from the original code: every convolution/dense layer has a
 bias (also before BN); BN comes *before* ReLU; the final 1x1 convolution of
 All-CNN is also followed by BN and ReLU (so All-CNN's logits are
@@ -35,6 +43,7 @@ Optax-style training code of relaxjax works with.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -175,6 +184,7 @@ class MnistFC(nn.Module):
     hidden: int = 1024
     input_dropout: float = 0.2
     dropout: float = 0.5
+    bn_after_relu: bool = False  # Dense-ReLU-BN (the Deep Relaxation code) for Dense-BN-ReLU
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -182,7 +192,7 @@ class MnistFC(nn.Module):
         x = nn.Dropout(self.input_dropout, deterministic=not train)(x)
         for _ in range(2):
             x = nn.Dense(self.hidden)(x)
-            x = nn.relu(_bn(train)(x))
+            x = _bn(train)(nn.relu(x)) if self.bn_after_relu else nn.relu(_bn(train)(x))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
 
@@ -193,18 +203,24 @@ class LeNet(nn.Module):
     num_classes: int = 10
     dropout: float = 0.5
     conv_implementation: str = "auto"  # see PatchConv
+    bn_after_pool: bool = (
+        False  # conv-ReLU-pool-BN (the Deep Relaxation code) for conv-BN-ReLU-pool
+    )
+    dense_bn: bool = True  # BatchNorm on the 500-unit layer (absent in the Deep Relaxation code)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)
         for i, (features, pool) in enumerate(((20, 3), (50, 2))):
             x = PatchConv(features, (5, 5), self.conv_implementation, name=f"Conv_{i}")(x)
-            x = nn.relu(_bn(train)(x))
-            x = max_pool_tiles(x, pool)
+            if self.bn_after_pool:
+                x = _bn(train)(max_pool_tiles(nn.relu(x), pool))
+            else:
+                x = max_pool_tiles(nn.relu(_bn(train)(x)), pool)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = x.reshape((x.shape[0], -1))  # 50 * 2 * 2 = 200 for 28x28 inputs
         x = nn.Dense(500)(x)
-        x = nn.relu(_bn(train)(x))
+        x = nn.relu(_bn(train)(x) if self.dense_bn else x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
 
@@ -243,11 +259,16 @@ class AllCNN(nn.Module):
         return jnp.mean(x, axis=(1, 2))  # global average pooling (8x8 for 32x32 inputs)
 
 
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnistfc": MnistFC,
     "lenet": LeNet,
     "mnistconv": LeNet,
     "allcnn": AllCNN,
+    # The variants of the Deep Relaxation research code (its ``models.py``), which
+    # produced that paper's MNIST cells: lighter dropout, BatchNorm moved after the
+    # nonlinearity (and the pooling), none on LeNet's 500-unit layer.
+    "mnistfc-dr": functools.partial(MnistFC, dropout=0.2, bn_after_relu=True),
+    "lenet-dr": functools.partial(LeNet, dropout=0.25, bn_after_pool=True, dense_bn=False),
 }
 
 
@@ -262,8 +283,9 @@ def get_module(name: str, num_classes: int = 10) -> nn.Module:
 def get_model(name: str, num_classes: int = 10) -> FunctionalModel:
     """:class:`FunctionalModel` of the paper's network ``name``.
 
-    ``name`` is ``"mnistfc"``, ``"lenet"`` (alias ``"mnistconv"``) or
-    ``"allcnn"``; unknown names raise ``ValueError`` listing the valid ones.
+    ``name`` is ``"mnistfc"``, ``"lenet"`` (alias ``"mnistconv"``), ``"allcnn"``,
+    or ``"mnistfc-dr"`` / ``"lenet-dr"`` (the Deep Relaxation code's variants); unknown
+    names raise ``ValueError`` listing the valid ones.
     """
     return functional(get_module(name, num_classes))
 

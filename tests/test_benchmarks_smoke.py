@@ -42,7 +42,7 @@ def test_paper_table_runner_smoke(tmp_path):
     argv = ["--smoke", "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     assert _load("paper_table").main(argv + data_args) == 0
     rows = json.loads((tmp_path / "paper_table.json").read_text())["rows"]
-    assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [("mnistfc", "hj", 2)]
+    assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [("mnistfc-dr", "hj", 2)]
     assert all(0 <= r["final_error"][0] <= 100 for r in rows)
     table = (tmp_path / "paper_table.md").read_text()
     assert "1.17 ± 0.04 @ 200" in table  # the paper's HJ cell beside ours
@@ -50,7 +50,7 @@ def test_paper_table_runner_smoke(tmp_path):
     assert "| 1 / 1 |" in table  # every seed reached the budget
     assert "- runs trained on: " in table and "cores" in table
     environment = json.loads(
-        (tmp_path / "paper_runs" / "mnistfc-hj-s1" / "environment.json").read_text()
+        (tmp_path / "paper_runs" / "mnistfc-dr-hj-s1" / "environment.json").read_text()
     )
     assert environment["versions"].startswith("jax ")
     # --report-only rebuilds the same table from the run directories, training nothing.
@@ -60,36 +60,36 @@ def test_paper_table_runner_smoke(tmp_path):
     assert [r["final_error"] for r in again] == [r["final_error"] for r in rows]
     # Runs recorded in full are not trained again (a later session continues the table).
     records = tmp_path / "paper_runs"
-    assert sorted(p.name for p in records.iterdir()) == ["mnistfc-hj-s0", "mnistfc-hj-s1"]
-    before = (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text()
+    assert sorted(p.name for p in records.iterdir()) == ["mnistfc-dr-hj-s0", "mnistfc-dr-hj-s1"]
+    before = (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text()
     # A run that has gone further than its record (a job still training) is recorded by
     # --record-in-progress; a plain --report-only leaves the records alone.
-    (records / "mnistfc-hj-s0" / "metrics.jsonl").write_text("")
+    (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").write_text("")
     assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
-    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == ""
+    assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == ""
     extra = ["--report-only", "--record-in-progress"]
     assert _load("paper_table").main(argv + data_args + extra) == 0
-    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == before
+    assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == before
     shutil.rmtree(tmp_path / "runs")  # no checkpoints left: only the records remain
     assert _load("paper_table").main(argv + data_args) == 0
     assert not (tmp_path / "runs").exists()
-    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == before
-    assert "| mnistfc | hj | refreshed (50 batches) | 2 |" in table
+    assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == before
+    assert "| mnistfc-dr | hj | refreshed (50 batches) | 2 |" in table
     # A record of another configuration (here: written before the BatchNorm refresh
     # existed) is trained again; a run directory of that configuration is set aside.
-    config_path = records / "mnistfc-hj-s1" / "config.json"
+    config_path = records / "mnistfc-dr-hj-s1" / "config.json"
     old_config = json.loads(config_path.read_text())
     del old_config["refresh_batches"]
     config_path.write_text(json.dumps(old_config))
-    shutil.copytree(records / "mnistfc-hj-s1", tmp_path / "runs" / "mnistfc-hj-s1")
+    shutil.copytree(records / "mnistfc-dr-hj-s1", tmp_path / "runs" / "mnistfc-dr-hj-s1")
     assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
     table = (tmp_path / "paper_table.md").read_text()
-    assert "| mnistfc | hj | as trained | 1 |" in table  # each protocol its own row
+    assert "| mnistfc-dr | hj | as trained | 1 |" in table  # each protocol its own row
     assert _load("paper_table").main(argv + data_args) == 0
     assert json.loads(config_path.read_text())["refresh_batches"] == 50
     superseded = list((tmp_path / "runs" / "superseded").iterdir())
-    assert [p.name.rsplit("-", 1)[0] for p in superseded] == ["mnistfc-hj-s1"]
-    assert (records / "mnistfc-hj-s0" / "metrics.jsonl").read_text() == before
+    assert [p.name.rsplit("-", 1)[0] for p in superseded] == ["mnistfc-dr-hj-s1"]
+    assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == before
 
 
 def test_input_pipeline_benchmark_smoke(tmp_path):

@@ -58,6 +58,72 @@ def test_parameter_counts():
     assert models.count_params(s) == 4096  # running mean and var
     assert models.count_params(built("lenet")[1]) == 132_220
     assert models.count_params(built("allcnn")[1]) == 1_667_166
+    # The Deep Relaxation code's variants (PyTorch's counts of its models.py networks).
+    assert models.count_params(built("mnistfc-dr")[1]) == 1_867_786
+    assert models.count_params(built("lenet-dr")[1]) == 131_220  # no BN on the 500 units
+
+
+def _batch_norm(x, params, stats):
+    """Eval-mode BatchNorm (epsilon 1e-5), written out."""
+    return (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * params["scale"] + params["bias"]
+
+
+def _pool(x, size):
+    n, h, w, c = x.shape
+    x = x[:, : h // size * size, : w // size * size]
+    return x.reshape(n, h // size, size, w // size, size, c).max(axis=(2, 4))
+
+
+def _conv(x, params):
+    y = jax.lax.conv_general_dilated(
+        x, params["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return y + params["bias"]
+
+
+def _random_stats(state, seed):
+    """Running statistics far from (0, 1), so a BatchNorm in the wrong place shows."""
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        tree,
+        [
+            jax.random.uniform(k, v.shape, minval=0.5, maxval=2.0)
+            for k, v in zip(keys, leaves, strict=True)
+        ],
+    )
+
+
+def test_deep_relaxation_variants_compute_their_layers_in_the_codes_order():
+    x = x_of(MNIST)
+    relu = jax.nn.relu
+
+    _, p, state, apply = built("lenet-dr")
+    state = _random_stats(state, 1)
+    bn = state["batch_stats"]
+    h = _batch_norm(_pool(relu(_conv(x, p["Conv_0"])), 3), p["BatchNorm_0"], bn["BatchNorm_0"])
+    h = _batch_norm(_pool(relu(_conv(h, p["Conv_1"])), 2), p["BatchNorm_1"], bn["BatchNorm_1"])
+    h = relu(h.reshape(2, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    expected = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    logits, _ = apply(p, state, x, train=False)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+    _, p, state, apply = built("mnistfc-dr")
+    state = _random_stats(state, 2)
+    bn = state["batch_stats"]
+    h = x.reshape(2, -1)
+    for i in range(2):
+        dense = p[f"Dense_{i}"]
+        h = _batch_norm(
+            relu(h @ dense["kernel"] + dense["bias"]), p[f"BatchNorm_{i}"], bn[f"BatchNorm_{i}"]
+        )
+    expected = h @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
+    logits, _ = apply(p, state, x, train=False)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    # Dropout rates of the code: 0.25 in LeNet, 0.2 in mnistfc (input and hidden).
+    assert models.get_module("lenet-dr").dropout == 0.25
+    module = models.get_module("mnistfc-dr")
+    assert (module.input_dropout, module.dropout) == (0.2, 0.2)
 
 
 @pytest.mark.parametrize("name", ["mnistfc", "lenet"])

@@ -7,6 +7,9 @@ directory (its ``runs/`` go there).
 """
 
 import os
+import time
+import warnings
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -27,6 +30,20 @@ EXPECTED = {
     "02_relaxed_landscapes": {"image/png": 5},
     "03_reproduction": {"image/png": 2, "text/markdown": 2},
 }
+
+
+def _cell_seconds(nb) -> dict[int, float]:
+    """Seconds from each code cell's busy to its idle message (nbclient records both)."""
+    found = {}
+    for index, cell in enumerate(nb.cells):
+        timing = cell.get("metadata", {}).get("execution", {})
+        if "iopub.status.busy" in timing and "iopub.status.idle" in timing:
+            busy, idle = (
+                datetime.fromisoformat(timing[k].replace("Z", "+00:00"))
+                for k in ("iopub.status.busy", "iopub.status.idle")
+            )
+            found[index] = round((idle - busy).total_seconds(), 1)
+    return found
 
 
 def test_the_three_notebooks_are_there():
@@ -61,7 +78,11 @@ def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     )
+    start = time.perf_counter()
     client.execute(env=dict(os.environ))
+    seconds = time.perf_counter() - start
+    if seconds > 120:  # alone each notebook takes 15-50 s; say where the time went
+        warnings.warn(f"{path.name} took {seconds:.0f} s: {_cell_seconds(nb)}", stacklevel=1)
 
     shown = {}
     for cell in nb.cells:
