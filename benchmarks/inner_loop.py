@@ -48,7 +48,13 @@ from relaxjax import models
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import environment  # noqa: E402
 
-SHAPES = {"mnistfc": (28, 28, 1), "lenet": (28, 28, 1), "allcnn": (32, 32, 3)}
+SHAPES = {
+    "mnistfc": (28, 28, 1),
+    "lenet": (28, 28, 1),
+    "allcnn": (32, 32, 3),
+    "mnistfc-dr": (28, 28, 1),
+    "lenet-dr": (28, 28, 1),
+}
 
 # name -> keyword arguments of relaxjax.local_entropy
 CANDIDATES = {

@@ -33,6 +33,8 @@ SETTINGS = {  # model -> (image shape, augmentation as in relaxjax train)
     "mnistfc": ((28, 28, 1), False),
     "lenet": ((28, 28, 1), False),
     "allcnn": ((32, 32, 3), True),
+    "mnistfc-dr": ((28, 28, 1), False),
+    "lenet-dr": ((28, 28, 1), False),
 }
 
 
