@@ -22,7 +22,7 @@ as in their Parle code), whose networks differ; they are registered as
   BN on the 500-unit layer, dropout 0.25 throughout.
 
 Details kept from the original code: every convolution/dense layer has a
-bias (also before BN); BN comes *before* ReLU; the final 1x1 convolution of
+bias (also before BN); BN comes *before* ReLU (in these three); the final 1x1 convolution of
 All-CNN is also followed by BN and ReLU (so All-CNN's logits are
 non-negative, exactly as in the reference code); max-pooling is
 non-overlapping with floor rounding. BatchNorm uses PyTorch's defaults,
@@ -203,9 +203,7 @@ class LeNet(nn.Module):
     num_classes: int = 10
     dropout: float = 0.5
     conv_implementation: str = "auto"  # see PatchConv
-    bn_after_pool: bool = (
-        False  # conv-ReLU-pool-BN (the Deep Relaxation code) for conv-BN-ReLU-pool
-    )
+    bn_after_pool: bool = False  # conv-ReLU-pool-BN (Deep Relaxation code) for conv-BN-ReLU-pool
     dense_bn: bool = True  # BatchNorm on the 500-unit layer (absent in the Deep Relaxation code)
 
     @nn.compact
