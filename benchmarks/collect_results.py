@@ -17,6 +17,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop", "Inner-loop efficiency (issue: inner loop at the cost of its gradients)"),
     ("inner_loop_mnistfc", "Inner-loop efficiency, mnistfc again with more rounds"),
     ("inner_loop_allcnn", "Inner-loop efficiency on All-CNN (CIFAR-10 sized)"),
+    ("inner_loop_lenet_dr", "Inner-loop efficiency on lenet-dr (the Deep Relaxation code's LeNet)"),
     ("pytorch_comparison", "Against an eager PyTorch Entropy-SGD"),
     ("input_pipeline", "Input pipeline's share of a step"),
     ("paper_table", "The paper's MNIST table"),
