@@ -9,7 +9,7 @@ directory (its ``runs/`` go there).
 import os
 import time
 import warnings
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import nbformat
@@ -32,9 +32,10 @@ EXPECTED = {
 }
 
 
-def _cell_seconds(nb) -> dict[int, float]:
-    """Seconds from each code cell's busy to its idle message (nbclient records both)."""
-    found = {}
+def _cell_seconds(nb) -> tuple[dict[int, float], datetime | None, datetime | None]:
+    """Seconds from each code cell's busy to its idle message (nbclient records both),
+    and the first busy and last idle times."""
+    found, first_busy, last_idle = {}, None, None
     for index, cell in enumerate(nb.cells):
         timing = cell.get("metadata", {}).get("execution", {})
         if "iopub.status.busy" in timing and "iopub.status.idle" in timing:
@@ -43,7 +44,8 @@ def _cell_seconds(nb) -> dict[int, float]:
                 for k in ("iopub.status.busy", "iopub.status.idle")
             )
             found[index] = round((idle - busy).total_seconds(), 1)
-    return found
+            first_busy, last_idle = first_busy or busy, idle
+    return found, first_busy, last_idle
 
 
 def test_the_three_notebooks_are_there():
@@ -76,13 +78,22 @@ def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
         nb,
         timeout=600,
         kernel_name="python3",
+        shutdown_kernel="immediate",  # no graceful-shutdown wait once the last cell is done
         resources={"metadata": {"path": str(tmp_path)}},
     )
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), datetime.now(timezone.utc)
     client.execute(env=dict(os.environ))
     seconds = time.perf_counter() - start
     if seconds > 120:  # alone each notebook takes 15-50 s; say where the time went
-        warnings.warn(f"{path.name} took {seconds:.0f} s: {_cell_seconds(nb)}", stacklevel=1)
+        cells, first_busy, last_idle = _cell_seconds(nb)
+        ended_at = started_at + timedelta(seconds=seconds)
+        before = (first_busy - started_at).total_seconds() if first_busy else float("nan")
+        after = (ended_at - last_idle).total_seconds() if last_idle else float("nan")
+        warnings.warn(
+            f"{path.name} took {seconds:.0f} s: cells {cells}; before the first cell "
+            f"(kernel start) {before:.0f} s, after the last (shutdown) {after:.0f} s",
+            stacklevel=1,
+        )
 
     shown = {}
     for cell in nb.cells:
