@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,7 @@ import optax
 import relaxjax
 from relaxjax.xla_cpu import prefer_sequential_cpu_scheduler
 
-__all__ = ["environment", "machine", "now", "versions"]
+__all__ = ["command_line", "environment", "machine", "now", "versions"]
 
 # What `relaxjax train` uses; the scripts import this module before any JAX computation.
 prefer_sequential_cpu_scheduler()
@@ -56,3 +57,10 @@ def now() -> str:
 def environment(date_key: str = "date") -> dict[str, str]:
     """The machine, library versions and date written beside every figure."""
     return {"machine": machine(), "versions": versions(), date_key: now()}
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The shell command that reruns ``script`` (a ``benchmarks/`` file) with ``argv``
+    (``sys.argv[1:]`` when None), quoted, as run from the repository root."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"benchmarks/{Path(script).name}", *args])

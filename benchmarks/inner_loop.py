@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import relaxjax
 from relaxjax import models
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import environment  # noqa: E402
+from _env import command_line, environment  # noqa: E402
 
 SHAPES = {
     "mnistfc": (28, 28, 1),
@@ -423,9 +422,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.L, args.batch_size, args.rounds, args.repeats = ["mnistfc"], 2, 4, 1, 1
-    command = shlex.join(
-        ["python", "benchmarks/inner_loop.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line(__file__, argv)
     # The smoke run times two candidates only (compilation dominates it).
     candidates = dict(list(CANDIDATES.items())[:2]) if args.smoke else None
     if args.candidates:

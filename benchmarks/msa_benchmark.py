@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import json
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from relaxjax.optimizers import OptimizerConfig
 from relaxjax.train import DataArrays, TrainConfig, epoch_permutation, load_data
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import environment  # noqa: E402
+from _env import command_line, environment  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -678,7 +677,7 @@ def plot(path: Path, runs: list[dict[str, Any]]) -> None:
 
 def _provenance(argv: list[str] | None, start: float, load_before: tuple) -> dict[str, Any]:
     return {
-        "command": shlex.join(["python", "benchmarks/msa_benchmark.py", *(argv or sys.argv[1:])]),
+        "command": command_line(__file__, argv),
         **environment(),
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],

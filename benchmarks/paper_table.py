@@ -33,7 +33,6 @@ import argparse
 import itertools
 import json
 import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -52,7 +51,7 @@ from relaxjax.train import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import environment  # noqa: E402
+from _env import command_line, environment  # noqa: E402
 
 # Effective-epoch budgets and test errors (%) of the papers (deep-relaxation.md §4), by
 # network. "ES" is Table 1 of the Entropy-SGD paper (ICLR 2017); "DR" the Deep Relaxation
@@ -375,9 +374,7 @@ def main(argv=None) -> int:
         args.models, args.optimizers, args.seeds = ["mnistfc-dr"], ["hj"], [0, 1]
         extra += ["--train-limit", "256", "--test-limit", "100", "-L", "2", "--batch-size", "32"]
     start = time.perf_counter()
-    command = shlex.join(
-        ["python", "benchmarks/paper_table.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line(__file__, argv)
     if not args.report_only:
         for seed, model, optimizer in seed_major(args):
             epochs = cell_budget(args, model, optimizer)

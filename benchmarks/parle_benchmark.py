@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import statistics
 import sys
 import time
@@ -562,13 +561,12 @@ def main(argv: list[str] | None = None) -> int:
         + " --xla_cpu_collective_timeout_seconds=600"
     )
     import jax
+    from _env import command_line
 
     from relaxjax import models
     from relaxjax.train import load_data
 
-    command = shlex.join(
-        ["python", "benchmarks/parle_benchmark.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line(__file__, argv)
     data = load_data(_config(args, "sgd", None))
     runs, comm = [], {}
     for method in METHODS:

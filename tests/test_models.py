@@ -69,9 +69,7 @@ def _batch_norm(x, params, stats):
 
 
 def _pool(x, size):
-    n, h, w, c = x.shape
-    x = x[:, : h // size * size, : w // size * size]
-    return x.reshape(n, h // size, size, w // size, size, c).max(axis=(2, 4))
+    return nn.max_pool(x, (size, size), strides=(size, size))  # Flax's, floor rounding
 
 
 def _conv(x, params):
