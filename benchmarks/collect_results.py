@@ -19,6 +19,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop_allcnn", "Inner-loop efficiency on All-CNN (CIFAR-10 sized)"),
     ("inner_loop_lenet_dr", "Inner-loop efficiency on lenet-dr (the Deep Relaxation code's LeNet)"),
     ("pytorch_comparison", "Against an eager PyTorch Entropy-SGD"),
+    ("pytorch_comparison_lenet_dr", "Against an eager PyTorch Entropy-SGD, on lenet-dr"),
     ("input_pipeline", "Input pipeline's share of a step"),
     ("paper_table", "The paper's MNIST table"),
     ("parle", "Parle and data parallel"),

@@ -1,6 +1,7 @@
 """Times relaxjax's jitted Entropy-SGD step against an eager PyTorch Entropy-SGD.
 
-Side by side in one process, for each model (``mnistfc``, ``lenet``) and each
+Side by side in one process, for each model (``mnistfc``, ``lenet``, or the Deep
+Relaxation code's ``mnistfc-dr``, ``lenet-dr``) and each
 device (CPU; CUDA too when both JAX and PyTorch see a GPU):
 
 * **relaxjax**: one outer step of ``relaxjax.train.make_train_step``, built as
@@ -19,12 +20,13 @@ steps each, the order alternating between rounds) and the median time per
 outer step is reported, with the time per gradient evaluation (outer step / L),
 per effective epoch (``--epoch-size``/B gradient evaluations, 60000/128 for
 MNIST) and the ratio relaxjax / PyTorch. Results go to
-``<out-dir>/pytorch_comparison.{md,json}`` with the command line, machine,
-library versions, date and load averages.
+``<out-dir>/<stem>.{md,json}`` (``--stem``, default ``pytorch_comparison``) with
+the command line, machine, library versions, date and load averages.
 
 Run from the repository root::
 
     python benchmarks/compare_pytorch.py            # mnistfc and lenet, B = 128, L = 20
+    python benchmarks/compare_pytorch.py --models lenet-dr --stem pytorch_comparison_lenet_dr
     python benchmarks/compare_pytorch.py --smoke --out-dir /tmp/bench
 """
 
@@ -416,11 +418,13 @@ def markdown(env: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(out_dir: Path, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def write_results(
+    out_dir: Path, env: dict[str, Any], rows: list[dict[str, Any]], stem: str = "pytorch_comparison"
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"environment": env, "results": rows}
-    (out_dir / "pytorch_comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out_dir / "pytorch_comparison.md").write_text(markdown(env, rows))
+    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(env, rows))
 
 
 # --------------------------------------------------------------------------- command line
@@ -452,6 +456,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None)
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     p.add_argument("--note", default="", help="free text recorded with the results")
+    p.add_argument(
+        "--stem", default="pytorch_comparison", help="results file name, without extension"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny run: 1 round, 1 step, L=2")
     args = p.parse_args(argv)
     if args.torch_threads is None:
@@ -493,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "before": load_before,
         "after": [round(x, 2) for x in os.getloadavg()],
     }
-    write_results(args.out_dir, env, rows)
+    write_results(args.out_dir, env, rows, args.stem)
     print(markdown(env, rows))
     return 0
 

@@ -31,6 +31,7 @@ NCHW layout and PyTorch's default initialisation.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -157,14 +158,26 @@ class EntropySGD(torch.optim.Optimizer):
 
 
 class MnistFC(nn.Module):
-    """``mnistfc``: input dropout 0.2, 784-1024-1024-10 with BN, ReLU, dropout 0.5."""
+    """``mnistfc``: input dropout 0.2, 784-1024-1024-10 with BN, ReLU, dropout.
 
-    def __init__(self, num_classes: int = 10, hidden: int = 1024) -> None:
+    ``bn_after_relu`` puts BatchNorm after the ReLU, as ``relaxjax.models.MnistFC``
+    does for ``mnistfc-dr`` (the Deep Relaxation code's network, dropout 0.2).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        hidden: int = 1024,
+        dropout: float = 0.5,
+        bn_after_relu: bool = False,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(0.2)]
         width = 28 * 28
         for _ in range(2):
-            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(0.5)]
+            bn_relu = [nn.BatchNorm1d(hidden), nn.ReLU()]
+            layers += [nn.Linear(width, hidden), *(bn_relu[::-1] if bn_after_relu else bn_relu)]
+            layers.append(nn.Dropout(dropout))
             width = hidden
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
@@ -174,28 +187,38 @@ class MnistFC(nn.Module):
 
 
 class LeNet(nn.Module):
-    """The paper's LeNet (``mnistconv``) for (N, 1, 28, 28) inputs."""
+    """The paper's LeNet (``mnistconv``) for (N, 1, 28, 28) inputs.
 
-    def __init__(self, num_classes: int = 10) -> None:
+    ``bn_after_pool`` (conv-ReLU-pool-BN) and ``dense_bn=False`` (no BatchNorm on the
+    500-unit layer) with dropout 0.25 give ``lenet-dr``, the Deep Relaxation code's
+    network, as in ``relaxjax.models.LeNet``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        dropout: float = 0.5,
+        bn_after_pool: bool = False,
+        dense_bn: bool = True,
+    ) -> None:
         super().__init__()
 
         def block(c_in: int, c_out: int, pool: int) -> list[nn.Module]:
-            return [
-                nn.Conv2d(c_in, c_out, 5),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(),
-                nn.MaxPool2d(pool, pool),
-                nn.Dropout(0.5),
-            ]
+            conv, bn = nn.Conv2d(c_in, c_out, 5), nn.BatchNorm2d(c_out)
+            if bn_after_pool:
+                layers = [conv, nn.ReLU(), nn.MaxPool2d(pool, pool), bn]
+            else:
+                layers = [conv, bn, nn.ReLU(), nn.MaxPool2d(pool, pool)]
+            return [*layers, nn.Dropout(dropout)]
 
         self.net = nn.Sequential(
             *block(1, 20, 3),
             *block(20, 50, 2),
             nn.Flatten(),  # 50 * 2 * 2 = 200
             nn.Linear(200, 500),
-            nn.BatchNorm1d(500),
+            *([nn.BatchNorm1d(500)] if dense_bn else []),
             nn.ReLU(),
-            nn.Dropout(0.5),
+            nn.Dropout(dropout),
             nn.Linear(500, num_classes),
         )
 
@@ -203,11 +226,18 @@ class LeNet(nn.Module):
         return self.net(x)
 
 
-TORCH_MODELS: dict[str, type[nn.Module]] = {"mnistfc": MnistFC, "lenet": LeNet, "mnistconv": LeNet}
+# The same names and variants as relaxjax.models.MODELS.
+TORCH_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mnistfc": MnistFC,
+    "lenet": LeNet,
+    "mnistconv": LeNet,
+    "mnistfc-dr": functools.partial(MnistFC, dropout=0.2, bn_after_relu=True),
+    "lenet-dr": functools.partial(LeNet, dropout=0.25, bn_after_pool=True, dense_bn=False),
+}
 
 
 def get_torch_model(name: str, num_classes: int = 10) -> nn.Module:
-    """The PyTorch twin of ``relaxjax.models.get_model(name)`` (``mnistfc`` or ``lenet``)."""
+    """The PyTorch twin of ``relaxjax.models.get_model(name)`` (the MNIST networks)."""
     if name not in TORCH_MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(TORCH_MODELS)}")
     return TORCH_MODELS[name](num_classes=num_classes)

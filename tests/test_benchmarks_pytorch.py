@@ -126,7 +126,10 @@ def test_pytorch_entropy_sgd_step_noise_scale():
     assert displacement.std().item() == pytest.approx(eps * np.sqrt(2 * eta), rel=0.01)
 
 
-@pytest.mark.parametrize("name", ["mnistfc", "lenet"])
+TWINS = ["mnistfc", "lenet", "mnistfc-dr", "lenet-dr"]
+
+
+@pytest.mark.parametrize("name", TWINS)
 def test_pytorch_networks_match_relaxjax_parameter_counts(name):
     net = _load("torch_entropy_sgd").get_torch_model(name)
     init = models.get_model(name).init
@@ -136,11 +139,84 @@ def test_pytorch_networks_match_relaxjax_parameter_counts(name):
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def _copy_flax_into_torch(variables, net):
+    """Loads relaxjax's variables into the PyTorch twin, layer by layer in order.
+
+    Flax numbers its layers in call order (Conv_i, Dense_i, BatchNorm_i), the order
+    of the twin's ``nn.Sequential``. The first dense layer after the convolutions
+    reads Flax's NHWC flattening; PyTorch flattens NCHW, so its input rows move.
+    """
+    params, stats = variables["params"], variables["batch_stats"]
+    counts = {"Conv": 0, "Dense": 0, "BatchNorm": 0}
+    previous_conv_channels = None
+    with torch.no_grad():
+        for module in net.modules():
+            kind = {
+                torch.nn.Conv2d: "Conv",
+                torch.nn.Linear: "Dense",
+                torch.nn.BatchNorm1d: "BatchNorm",
+                torch.nn.BatchNorm2d: "BatchNorm",
+            }.get(type(module))
+            if kind is None:
+                continue
+            name = f"{kind}_{counts[kind]}"
+            counts[kind] += 1
+            layer = {k: np.asarray(v) for k, v in params[name].items()}
+            if kind == "Conv":
+                module.weight.copy_(torch.tensor(layer["kernel"].transpose(3, 2, 0, 1)))
+                module.bias.copy_(torch.tensor(layer["bias"]))
+                previous_conv_channels = layer["kernel"].shape[-1]
+            elif kind == "Dense":
+                kernel = layer["kernel"]  # (inputs, outputs)
+                if previous_conv_channels is not None:  # rows (h, w, c) → (c, h, w)
+                    c = previous_conv_channels
+                    hw = kernel.shape[0] // c
+                    kernel = kernel.reshape(hw, c, -1).transpose(1, 0, 2).reshape(hw * c, -1)
+                    previous_conv_channels = None
+                module.weight.copy_(torch.tensor(np.ascontiguousarray(kernel.T)))
+                module.bias.copy_(torch.tensor(layer["bias"]))
+            else:
+                module.weight.copy_(torch.tensor(layer["scale"]))
+                module.bias.copy_(torch.tensor(layer["bias"]))
+                module.running_mean.copy_(torch.tensor(np.asarray(stats[name]["mean"])))
+                module.running_var.copy_(torch.tensor(np.asarray(stats[name]["var"])))
+    assert counts == {k: sum(1 for n in params if n.startswith(k + "_")) for k in counts}
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_pytorch_twin_computes_the_relaxjax_network(name):
+    """Same weights, same outputs (evaluation mode): the twins have relaxjax's layers in
+    relaxjax's order. Random BatchNorm statistics and scales make a BatchNorm moved across
+    a ReLU or a pooling, or a missing one, change the outputs."""
+    module = models.get_module(name)
+    x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), jnp.asarray(x))
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
+    variables = {
+        "params": jax.tree.map(
+            lambda v: v + 0.5 * jax.random.normal(next(keys), v.shape), variables["params"]
+        ),
+        "batch_stats": {
+            layer: {
+                "mean": jax.random.uniform(next(keys), stats["mean"].shape, minval=-1.0),
+                "var": jax.random.uniform(next(keys), stats["var"].shape, minval=0.5, maxval=1.5),
+            }
+            for layer, stats in variables["batch_stats"].items()
+        },
+    }
+    expected = np.asarray(module.apply(variables, jnp.asarray(x), train=False))
+    net = _load("torch_entropy_sgd").get_torch_model(name).eval()
+    _copy_flax_into_torch(variables, net)
+    got = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
+
+
 def test_compare_pytorch_smoke(tmp_path):
     compare = _load("compare_pytorch")
     argv = ["--smoke", "--models", "mnistfc", "--unroll", "default", "--torch-threads", "1"]
-    assert compare.main([*argv, "--batch-size", "16", "--out-dir", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "pytorch_comparison.json").read_text())
+    argv += ["--batch-size", "16", "--out-dir", str(tmp_path), "--stem", "cmp"]
+    assert compare.main(argv) == 0
+    results = json.loads((tmp_path / "cmp.json").read_text())
     env = results["environment"]
     assert env["settings"]["L"] == 2 and env["versions"]["torch"] == torch.__version__
     assert env["command"].startswith("python benchmarks/compare_pytorch.py --smoke")
@@ -149,5 +225,5 @@ def test_compare_pytorch_smoke(tmp_path):
     for row in results["results"]:
         assert row["grad_eval_ms"] > 0 and len(row["outer_step_ms_per_round"]) == 1
         assert row["ratio_vs_pytorch"] > 0
-    table = (tmp_path / "pytorch_comparison.md").read_text()
+    table = (tmp_path / "cmp.md").read_text()
     assert "| cpu | mnistfc | relaxjax (unroll=default) |" in table
