@@ -268,6 +268,14 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "0.5, BatchNorm before every ReLU); their rows are runs recorded before the "
         "difference was found.",
         "",
+        "'optimizer' `hj`: relaxjax's `hopf_lax`, noise-free gradient descent on the "
+        "proximal problem f(y) + |y − x|²/(2γ) with a running average of the iterates. "
+        "The paper's DR 'HJ' cells equal the row labelled FP in the authors' notes "
+        "(`code/notes`), most likely their fixed-point optimizer (class `FB` in "
+        "`code/optim.py`: p ← ¾ p + ¼ ∇f(x − γ p), then an outer step along p), whose "
+        "settings the notes do not give. Both estimate the gradient of the same Hopf-Lax "
+        "envelope, by different iterations.",
+        "",
         "'reached / budget': effective epochs every seed has reached, of the row's budget; "
         "a row short of its budget is a run still in progress (rerun the command to resume "
         "it), and its errors are those at the epochs reached.",
