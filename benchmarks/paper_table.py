@@ -19,12 +19,16 @@ PyTorch port's networks instead. It writes
 
 Runs go seed by seed (every cell of seed 0, then of seed 1, ...), so a job that
 is stopped leaves a table with every cell it reached; rerunning the command
-continues it.
+continues it. ``--variants`` also (or only) trains named departures from the
+defaults (``VARIANTS``, e.g. the authors' inner Nesterov momentum); their runs
+are named ``<model>-<optimizer>-<variant>-s<seed>`` and have their own rows.
 
     python benchmarks/paper_table.py --data-dir ../shared/data # full budgets, seeds 0 1 2
     python benchmarks/paper_table.py --models mnistfc --budget-scale 0.1 --seeds 0 1
     python benchmarks/paper_table.py --smoke                   # what the test runs
     python benchmarks/paper_table.py --models mnistfc --seeds 0 1 --report-only  # runs so far
+    python benchmarks/paper_table.py --models lenet-dr --optimizers entropy-sgd \
+        --variants inner-nesterov --seeds 0               # a variant's runs
 """
 
 from __future__ import annotations
@@ -66,6 +70,16 @@ PAPER = {
 }
 
 
+# Named departures from the `relaxjax train` defaults: (optimizers they apply to, extra
+# `relaxjax train` arguments). "default" is the command's own configuration.
+VARIANTS = {
+    "default": (("sgd", "entropy-sgd", "hj"), []),
+    # The authors' PyTorch Entropy-SGD (Deep Relaxation code, `ESGD` in its optim.py):
+    # Nesterov momentum 0.9 on the inner steps too, one buffer for the whole run.
+    "inner-nesterov": (("entropy-sgd", "hj"), ["--inner-momentum", "0.9"]),
+}
+
+
 def paper_cell(model: str, optimizer: str) -> dict:
     """The papers' numbers for a model of ``relaxjax.models``: ``lenet-dr`` (the Deep
     Relaxation code's LeNet) and ``lenet`` (the Entropy-SGD port's) share LeNet's cells."""
@@ -82,14 +96,21 @@ def cell_budget(args: argparse.Namespace, model: str, optimizer: str) -> float:
     return 1.0 if args.smoke else budget(model, optimizer) * args.budget_scale
 
 
-def seed_major(args: argparse.Namespace) -> itertools.product:
-    """(seed, model, optimizer) with the seed outermost: each pass gives every cell one more
-    run, so a long job that is stopped leaves a table with every cell (rerunning resumes)."""
-    return itertools.product(args.seeds, args.models, args.optimizers)
+def seed_major(args: argparse.Namespace) -> list[tuple[int, str, str, str]]:
+    """(seed, model, optimizer, variant) with the seed outermost: each pass gives every cell
+    one more run, so a long job that is stopped leaves a table with every cell (rerunning
+    resumes). Variants are paired only with the optimizers they apply to."""
+    return [
+        (seed, model, optimizer, variant)
+        for seed, model, optimizer, variant in itertools.product(
+            args.seeds, args.models, args.optimizers, args.variants
+        )
+        if optimizer in VARIANTS[variant][0]
+    ]
 
 
-def run_name(model: str, optimizer: str, seed: int) -> str:
-    return f"{model}-{optimizer}-s{seed}"
+def run_name(model: str, optimizer: str, seed: int, variant: str = "default") -> str:
+    return f"{model}-{optimizer}{'' if variant == 'default' else '-' + variant}-s{seed}"
 
 
 def cell_config(model, optimizer, seed, epochs, extra: list[str]) -> TrainConfig:
@@ -159,6 +180,11 @@ def run_machines(run_dirs: list[Path]) -> list[str]:
         if line not in found:
             found.append(line)
     return found
+
+
+def _fmt_optimizer(row: dict) -> str:
+    variant = row.get("variant", "default")
+    return row["optimizer"] if variant == "default" else f"{row['optimizer']} ({variant})"
 
 
 def _fmt_refresh(refresh: int) -> str:
@@ -276,6 +302,15 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "settings the notes do not give. Both estimate the gradient of the same Hopf-Lax "
         "envelope, by different iterations.",
         "",
+        "'optimizer (variant)': the cell trained with a named departure from the defaults "
+        "(`VARIANTS` in the script): "
+        + "; ".join(
+            f"`{name}` = `{' '.join(extra)}`" for name, (_, extra) in VARIANTS.items() if extra
+        )
+        + " (Nesterov momentum on the inner steps, one buffer for the whole run, as in the "
+        "authors' PyTorch Entropy-SGD; without it the inner steps are plain SGD, as in the "
+        "papers' algorithm).",
+        "",
         "'reached / budget': effective epochs every seed has reached, of the row's budget; "
         "a row short of its budget is a run still in progress (rerun the command to resume "
         "it), and its errors are those at the epochs reached.",
@@ -295,7 +330,7 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
     for r in rows:
         paper = {k: f"{v[0]:.2f} ± {v[1]:.2f} @ {v[2]}" for k, v in r["paper"].items()}
         lines.append(
-            f"| {r['model']} | {r['optimizer']} | {_fmt_refresh(r['refresh'])} | {r['seeds']} | "
+            f"| {r['model']} | {_fmt_optimizer(r)} | {_fmt_refresh(r['refresh'])} | {r['seeds']} | "
             f"{r['reached']:g} / {r['budget']:g}{'' if r['complete'] else ' (in progress)'} | "
             f"{_pm(r['final_error'], r['seeds'])} | "
             f"{_pm(r['best_error'], r['seeds'])} @ {r['best_epoch'][0]:.1f} | "
@@ -309,20 +344,20 @@ def report(args, command: str, start: float) -> list[dict]:
     """Builds the table from the recorded runs of the requested cells (finished or not)."""
     records = Path(args.records_dir)
     rows, all_runs = [], []
-    for model in args.models:
-        for optimizer in args.optimizers:
-            epochs = cell_budget(args, model, optimizer)
-            runs = [
-                records / run_name(model, optimizer, seed)
-                for seed in args.seeds
-                if read_metrics(records / run_name(model, optimizer, seed))
-            ]
-            # One row per evaluation protocol: seeds evaluated differently are not pooled.
-            refresh = {r: saved_config(r).refresh_batches for r in runs}
-            for batches in sorted(set(refresh.values()), reverse=True):
-                group = [r for r in runs if refresh[r] == batches]
-                rows.append(summarize(model, optimizer, group, epochs) | {"refresh": batches})
-            all_runs += runs
+    for model, optimizer, variant in itertools.product(args.models, args.optimizers, VARIANTS):
+        epochs = cell_budget(args, model, optimizer)
+        runs = [
+            records / run_name(model, optimizer, seed, variant)
+            for seed in args.seeds
+            if read_metrics(records / run_name(model, optimizer, seed, variant))
+        ]
+        # One row per evaluation protocol: seeds evaluated differently are not pooled.
+        refresh = {r: saved_config(r).refresh_batches for r in runs}
+        for batches in sorted(set(refresh.values()), reverse=True):
+            group = [r for r in runs if refresh[r] == batches]
+            row = summarize(model, optimizer, group, epochs)
+            rows.append(row | {"variant": variant, "refresh": batches})
+        all_runs += runs
     header = {
         "command": command,
         **environment(),
@@ -353,6 +388,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--optimizers", nargs="+", default=["sgd", "entropy-sgd", "hj"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=["default"],
+        help="configurations to train (see VARIANTS); the table shows every recorded one",
+    )
     parser.add_argument("--budget-scale", type=float, default=1.0)
     parser.add_argument("--runs-dir", default="runs/paper_table", help="run dirs (checkpoints)")
     parser.add_argument(
@@ -384,10 +426,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     command = command_line(__file__, argv)
     if not args.report_only:
-        for seed, model, optimizer in seed_major(args):
+        for seed, model, optimizer, variant in seed_major(args):
             epochs = cell_budget(args, model, optimizer)
-            config = cell_config(model, optimizer, seed, epochs, extra)
-            name = run_name(model, optimizer, seed)
+            config = cell_config(model, optimizer, seed, epochs, extra + VARIANTS[variant][1])
+            name = run_name(model, optimizer, seed, variant)
             done = read_metrics(Path(args.records_dir) / name)
             if (
                 done
@@ -404,8 +446,8 @@ def main(argv=None) -> int:
             )
             report(args, command, start)
     elif args.record_in_progress:
-        for seed, model, optimizer in seed_major(args):
-            name = run_name(model, optimizer, seed)
+        for seed, model, optimizer, variant in seed_major(args):
+            name = run_name(model, optimizer, seed, variant)
             ran = read_metrics(Path(args.runs_dir) / name)
             if len(ran) > len(read_metrics(Path(args.records_dir) / name)):
                 record(Path(args.runs_dir) / name, Path(args.records_dir))

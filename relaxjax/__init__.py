@@ -9,7 +9,13 @@ as composable Optax gradient transformations.
 from relaxjax import diagnostics, mesh, msa, pde
 from relaxjax.alias import entropy_adam, entropy_sgd, hj_sgd
 from relaxjax.parle import ParleState, coupling_schedule, parle, parle_step
-from relaxjax.relaxation import GradFn, RelaxationState, hopf_lax, local_entropy
+from relaxjax.relaxation import (
+    GradFn,
+    RelaxationState,
+    RelaxationStateWithInner,
+    hopf_lax,
+    local_entropy,
+)
 from relaxjax.schedules import scoping
 
 __version__ = "0.1.0.dev0"
@@ -18,6 +24,7 @@ __all__ = [
     "GradFn",
     "ParleState",
     "RelaxationState",
+    "RelaxationStateWithInner",
     "coupling_schedule",
     "diagnostics",
     "entropy_adam",

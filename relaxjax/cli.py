@@ -93,6 +93,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="Langevin noise (temperature noise^2) [1e-4; hj and parle 0]",
     )
     p.add_argument("--alpha", type=float, default=0.75, help="running-average weight")
+    p.add_argument(
+        "--inner-momentum",
+        type=float,
+        default=0.0,
+        help="Nesterov momentum of the inner steps, kept across outer steps (entropy-sgd, hj; "
+        "the authors' PyTorch code: 0.9) [0: plain inner SGD, the papers' algorithm]",
+    )
     p.add_argument("--replicas", type=int, default=3, help="parle: number of replicas n")
     p.add_argument(
         "--elastic-rho",
@@ -214,6 +221,7 @@ def config_from_args(args: argparse.Namespace):
         else _DEFAULT_STEP_SIZE.get(args.optimizer, 0.1),
         noise=0.0 if args.optimizer == "hj" else _noise(args),
         alpha=args.alpha,
+        inner_momentum=args.inner_momentum,
         replicas=replicas,
         elastic_rho=(
             args.elastic_rho if args.elastic_rho is not None else 0.001 * args.num_steps * replicas

@@ -57,6 +57,9 @@ class OptimizerConfig:
       step_size: inner step η′ (the inner Adam step for entropy-adam).
       noise: Langevin noise ε (temperature ε²); HJ uses none.
       alpha: running-average weight α on the old average.
+      inner_momentum: Nesterov momentum of the inner SGD steps (``entropy-sgd``,
+        ``hj``), its buffer carried across outer steps as in the authors' PyTorch
+        code (0.9 there); 0 (default): plain inner SGD, the papers' algorithm.
       replicas: Parle's number of replicas n (``parle`` only).
       elastic_rho: Parle's initial elastic coupling ρ₀ on x − x̄ (original code's convention).
       elastic_rho_max: cap on ρ_t = ρ₀ (1 + scoping)^t (Parle).
@@ -82,6 +85,7 @@ class OptimizerConfig:
     step_size: float = 0.1
     noise: float = 1e-4
     alpha: float = 0.75
+    inner_momentum: float = 0.0
     replicas: int = 1
     elastic_rho: float = 0.0
     elastic_rho_max: float = 1.0
@@ -100,6 +104,12 @@ class OptimizerConfig:
             )
         if self.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if not 0.0 <= self.inner_momentum < 1.0:
+            raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum}")
+        if self.inner_momentum and self.name not in ("entropy-sgd", "hj"):
+            raise ValueError(
+                f"inner_momentum applies to the inner SGD of entropy-sgd and hj, not {self.name!r}"
+            )
 
     @property
     def inner_steps(self) -> int:
@@ -154,11 +164,16 @@ def make_optimizer(
         # pass and the compiled step holds one copy of the gradient (compile time flat in L).
         reuse_gradient=False,
     )
+    if config.inner_momentum:
+        inner_sgd = optax.sgd(config.step_size, momentum=config.inner_momentum, nesterov=True)
+        common.update(inner_optimizer=inner_sgd, keep_inner_state=True)
     if config.name == "hj":
         relaxation = hopf_lax(**common)
-    else:
-        inner = optax.adam(config.step_size) if config.name == "entropy-adam" else None
+    elif config.name == "entropy-adam":
+        inner = optax.adam(config.step_size)
         relaxation = local_entropy(**common, noise=config.noise, inner_optimizer=inner, seed=seed)
+    else:
+        relaxation = local_entropy(**common, noise=config.noise, seed=seed)
 
     def outer_rate(t: jax.Array) -> jax.Array:
         return config.lr * decay(t) * gamma(t)

@@ -50,7 +50,7 @@ from relaxjax import _hyper, _noise, _tree
 from relaxjax._conv_layout import with_canonical_convolutions
 from relaxjax._hyper import ScalarOrSchedule
 
-__all__ = ["GradFn", "RelaxationState", "hopf_lax", "local_entropy"]
+__all__ = ["GradFn", "RelaxationState", "RelaxationStateWithInner", "hopf_lax", "local_entropy"]
 
 
 class GradFn(Protocol):
@@ -71,6 +71,19 @@ class RelaxationState(NamedTuple):
 
     count: jax.Array
     key: jax.Array
+
+
+class RelaxationStateWithInner(NamedTuple):
+    """State of ``local_entropy`` and ``hopf_lax`` built with ``keep_inner_state=True``.
+
+    The fields of :class:`RelaxationState` plus ``inner_state``, the inner
+    optimizer's state (e.g. its momentum) carried from one outer step to the next.
+    A separate type, so checkpoints of the default transforms keep their layout.
+    """
+
+    count: jax.Array
+    key: jax.Array
+    inner_state: optax.OptState
 
 
 class _InnerCarry(NamedTuple):
@@ -136,6 +149,7 @@ def _relaxation(
     canonical_convolutions: bool | None = None,
     noise_generator: str = "hash",
     reuse_gradient: bool = True,
+    keep_inner_state: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """The inner loop shared by ``local_entropy`` (ε ≥ 0) and ``hopf_lax`` (ε = 0)."""
     num_steps = _hyper.check_num_steps("num_steps", num_steps)
@@ -149,6 +163,11 @@ def _relaxation(
         raise ValueError(
             f"noise_generator must be one of {_noise.NOISE_GENERATORS}, got {noise_generator!r}."
         )
+    if keep_inner_state and inner_optimizer is None:
+        raise ValueError(
+            "keep_inner_state=True needs an inner_optimizer with a state to keep (e.g. "
+            "optax.sgd(0.1, momentum=0.9, nesterov=True)); the default inner SGD has none."
+        )
     if inner_optimizer is None:
         _check_inner_sgd_is_stable(gamma, step_size)
     elif not hasattr(inner_optimizer, "update"):
@@ -159,17 +178,20 @@ def _relaxation(
     noiseless = _is_static_zero(noise)
     no_weight_decay = _is_static_zero(weight_decay)
 
-    def init_fn(params: optax.Params) -> RelaxationState:
-        return RelaxationState(count=jnp.zeros([], jnp.int32), key=_key_from_seed(seed))
+    def init_fn(params: optax.Params) -> RelaxationState | RelaxationStateWithInner:
+        count, key = jnp.zeros([], jnp.int32), _key_from_seed(seed)
+        if keep_inner_state:
+            return RelaxationStateWithInner(count, key, inner_optimizer.init(params))
+        return RelaxationState(count, key)
 
     def update_fn(
         updates: optax.Updates,
-        state: RelaxationState,
+        state: RelaxationState | RelaxationStateWithInner,
         params: optax.Params | None = None,
         *,
         grad_fn: GradFn | None = None,
         **extra_args: Any,
-    ) -> tuple[optax.Updates, RelaxationState]:
+    ) -> tuple[optax.Updates, RelaxationState | RelaxationStateWithInner]:
         del extra_args
         if params is None:
             raise ValueError(
@@ -215,7 +237,7 @@ def _relaxation(
             )
             return _InnerCarry(y, average, optimizer_state)
 
-        start = _InnerCarry(x, x, optimizer.init(x))
+        start = _InnerCarry(x, x, state.inner_state if keep_inner_state else optimizer.init(x))
         if reuse_gradient:  # inner step 0 takes the incoming gradient, the loop i = 1 … L − 1
             start = step(start, updates, jnp.zeros([], jnp.int32))
 
@@ -238,7 +260,11 @@ def _relaxation(
         relaxed = jax.tree.map(
             lambda x_, m: ((x_ - m) / gamma_t.astype(x_.dtype)).astype(x_.dtype), x, last.average
         )
-        return relaxed, RelaxationState(count=optax.safe_increment(count), key=key)
+        if keep_inner_state:
+            state = RelaxationStateWithInner(optax.safe_increment(count), key, last.optimizer_state)
+        else:
+            state = RelaxationState(optax.safe_increment(count), key)
+        return relaxed, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -256,6 +282,7 @@ def local_entropy(
     canonical_convolutions: bool | None = None,
     noise_generator: str = "hash",
     reuse_gradient: bool = True,
+    keep_inner_state: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the local entropy (Entropy-SGD).
 
@@ -295,7 +322,8 @@ def local_entropy(
         so the output is the relaxed gradient of f + (λ/2)|·|².
       inner_optimizer: an Optax transform replacing the inner SGD step (e.g.
         ``optax.adam(1e-3)`` gives Entropy-Adam); Langevin noise is still added
-        after its step. Its state is re-initialised at every outer step.
+        after its step. Its state is re-initialised at every outer step unless
+        ``keep_inner_state``.
       seed: an int or a PRNG key for the Langevin noise; it lives in the state.
       unroll: forwarded to ``jax.lax.scan`` for the inner loop; None (default)
         lets relaxjax choose. Must be a Python int or bool (with
@@ -317,13 +345,18 @@ def local_entropy(
         caller's unused gradient as dead code, so an outer step still costs L
         gradient evaluations, unless the caller uses that gradient otherwise.
         ``grad_fn(params, 0)`` must then be the gradient on mini-batch 0.
+      keep_inner_state: carry ``inner_optimizer``'s state (e.g. its momentum)
+        from one outer step into the next instead of starting it afresh, as the
+        authors' PyTorch code does with its inner Nesterov momentum
+        (``inner_optimizer=optax.sgd(0.1, momentum=0.9, nesterov=True)``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes
       ``grad_fn`` as a keyword argument.
 
     Raises:
-      ValueError: for γ ≤ 0, L < 1, η′ ≤ 0, ε < 0, α ∉ [0, 1), λ < 0, or (with
+      ValueError: for γ ≤ 0, L < 1, η′ ≤ 0, ε < 0, α ∉ [0, 1), λ < 0,
+        ``keep_inner_state`` without an ``inner_optimizer``, or (with
         the default inner SGD) η′ ≥ 2γ, which diverges whatever f is; at
         ``update`` time for a missing ``grad_fn`` (when L > 1), missing
         ``params``, or gradients whose tree does not match the parameters.
@@ -341,6 +374,7 @@ def local_entropy(
         canonical_convolutions,
         noise_generator,
         reuse_gradient,
+        keep_inner_state,
     )
 
 
@@ -354,6 +388,7 @@ def hopf_lax(
     unroll: int | bool | None = None,
     canonical_convolutions: bool | None = None,
     reuse_gradient: bool = True,
+    keep_inner_state: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the Hopf-Lax (Moreau) envelope.
 
@@ -381,6 +416,7 @@ def hopf_lax(
       unroll: forwarded to ``jax.lax.scan``.
       canonical_convolutions: see ``local_entropy``.
       reuse_gradient: see ``local_entropy``.
+      keep_inner_state: see ``local_entropy``.
     """
     return _relaxation(
         gamma,
@@ -394,4 +430,5 @@ def hopf_lax(
         unroll,
         canonical_convolutions,
         reuse_gradient=reuse_gradient,
+        keep_inner_state=keep_inner_state,
     )

@@ -295,6 +295,75 @@ def test_inner_optimizer_and_weight_decay():
     np.testing.assert_allclose(u, (a + lam) * x / (1 + (a + lam) * gamma), rtol=1e-4)
 
 
+def _authors_inner_momentum_reference(x, a, b, gamma, num_steps, eta, momentum, alpha, lr, outer):
+    """The inner loop of the authors' PyTorch Entropy-SGD (noise 0) on f(y) = ½ a·y² − b·y,
+    written out: Nesterov momentum on the inner steps with one buffer for the whole run,
+    then a plain outer step x ← x − lr (x − μ)/γ."""
+    buffer = np.zeros_like(x)
+    for _ in range(outer):
+        y, mu = x.copy(), x.copy()
+        for _ in range(num_steps):
+            dw = a * y - b + (y - x) / gamma
+            buffer = momentum * buffer + dw
+            y = y - eta * (dw + momentum * buffer)
+            mu = alpha * mu + (1 - alpha) * y
+        x = x - lr * (x - mu) / gamma
+    return x
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_inner_state_is_kept_across_outer_steps_on_request(keep):
+    a, b = np.array([1.0, 3.0, 0.2]), np.array([0.5, -1.0, 2.0])
+    x0, gamma, num_steps, eta, momentum, alpha, lr, outer = (
+        np.ones(3),
+        2.0,
+        5,
+        0.05,
+        0.9,
+        0.75,
+        0.5,
+        4,
+    )
+    loss = lambda y: jnp.sum(0.5 * a * y**2 - b * y)  # noqa: E731
+    relaxation = relaxjax.local_entropy(
+        gamma,
+        num_steps,
+        eta,
+        noise=0.0,
+        alpha=alpha,
+        inner_optimizer=optax.sgd(eta, momentum=momentum, nesterov=True),
+        keep_inner_state=keep,
+    )
+    with jax.enable_x64(True):
+        x, _ = _train(optax.chain(relaxation, optax.sgd(lr)), loss, jnp.asarray(x0), outer)
+        if keep:
+            expected = _authors_inner_momentum_reference(
+                x0, a, b, gamma, num_steps, eta, momentum, alpha, lr, outer
+            )
+        else:  # every outer step starts its momentum afresh: the reference, one step at a time
+            expected = x0
+            for _ in range(outer):
+                expected = _authors_inner_momentum_reference(
+                    expected, a, b, gamma, num_steps, eta, momentum, alpha, lr, 1
+                )
+        np.testing.assert_allclose(np.asarray(x), expected, rtol=1e-10)
+    # The two differ: the kept buffer changes the trajectory after the first outer step.
+    restarted = _authors_inner_momentum_reference(
+        x0, a, b, gamma, num_steps, eta, momentum, alpha, lr, 1
+    )
+    assert not np.allclose(
+        _authors_inner_momentum_reference(
+            restarted, a, b, gamma, num_steps, eta, momentum, alpha, lr, 1
+        ),
+        _authors_inner_momentum_reference(x0, a, b, gamma, num_steps, eta, momentum, alpha, lr, 2),
+    )
+
+
+def test_keep_inner_state_without_an_inner_optimizer_raises():
+    with pytest.raises(ValueError, match="keep_inner_state=True needs an inner_optimizer"):
+        relaxjax.local_entropy(0.1, keep_inner_state=True)
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [

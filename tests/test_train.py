@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import relaxjax
 from relaxjax import cli, models
-from relaxjax.optimizers import OptimizerConfig
+from relaxjax.optimizers import OptimizerConfig, make_optimizer
 from relaxjax.train import DataArrays, TrainConfig, read_metrics, train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -54,8 +56,11 @@ def test_cli_trains_entropy_sgd_on_mnist_and_plots(tmp_path, capsys):
     assert png.stat().st_size > 10_000
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    argv = ["train", "--optimizer", "hj", "-L", "3", "--epochs", "2", *SMALL, *DATA_ARGS]
+@pytest.mark.parametrize("inner", [[], ["--inner-momentum", "0.9"]], ids=["sgd", "momentum"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, inner):
+    # With inner momentum the relaxation's state holds the momentum buffer, which the
+    # checkpoint must carry across the interruption.
+    argv = ["train", "--optimizer", "hj", "-L", "3", "--epochs", "2", *inner, *SMALL, *DATA_ARGS]
     config = cli.config_from_args(cli.build_parser().parse_args(argv))
     full = train(config, tmp_path / "full", progress=False)
 
@@ -85,6 +90,31 @@ def test_resume_refuses_a_different_configuration(tmp_path, capsys):
     assert "seed: saved 0, given 1" in capsys.readouterr().err
     assert cli.main([*argv, *SMALL, *DATA_ARGS]) == 2  # would overwrite a finished run
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="entropy-sgd", inner_momentum=1.0), "inner_momentum must be in"),
+        (dict(name="sgd", inner_momentum=0.9), "not 'sgd'"),
+        (dict(name="entropy-adam", inner_momentum=0.9), "not 'entropy-adam'"),
+    ],
+)
+def test_bad_inner_momentum_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OptimizerConfig(**kwargs)
+
+
+def test_inner_momentum_buffer_lives_in_the_optimizer_state():
+    tx = make_optimizer(OptimizerConfig("entropy-sgd", inner_momentum=0.9), 10)
+    params = {"w": jnp.ones(3)}
+    relaxation_state = tx.init(params)[0]
+    (trace,) = [s for s in relaxation_state.inner_state if hasattr(s, "trace")]
+    chex.assert_trees_all_equal(trace.trace, {"w": jnp.zeros(3)})
+    default = make_optimizer(OptimizerConfig("entropy-sgd"), 10).init(params)[0]
+    assert (
+        type(default) is relaxjax.RelaxationState
+    )  # checkpoints of default runs keep their layout
 
 
 @pytest.mark.parametrize(
