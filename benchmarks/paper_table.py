@@ -77,7 +77,9 @@ VARIANTS = {
     # The authors' PyTorch Entropy-SGD (Deep Relaxation code, `ESGD` in its optim.py):
     # Nesterov momentum 0.9 on the inner steps too, one buffer for the whole run, with
     # that code's default outer rate 0.1 (main.py). With momentum on both loops the
-    # default outer rate 1 diverged (lenet-dr: 48% test error at 2 effective epochs).
+    # default outer rate 1 diverged (lenet-dr: 48% test error at 2 effective epochs, from
+    # `relaxjax train --model lenet-dr --optimizer entropy-sgd --inner-momentum 0.9
+    # --epochs 80 --data-dir ../shared/data`; that run is not recorded).
     "inner-nesterov": (("entropy-sgd", "hj"), ["--inner-momentum", "0.9", "--lr", "0.1"]),
 }
 
