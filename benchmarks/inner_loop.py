@@ -47,14 +47,6 @@ from relaxjax import models
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import command_line, environment  # noqa: E402
 
-SHAPES = {
-    "mnistfc": (28, 28, 1),
-    "lenet": (28, 28, 1),
-    "allcnn": (32, 32, 3),
-    "mnistfc-dr": (28, 28, 1),
-    "lenet-dr": (28, 28, 1),
-}
-
 # name -> keyword arguments of relaxjax.local_entropy
 CANDIDATES = {
     "default (rolled scan, canonical convs, hash noise)": {},
@@ -74,7 +66,7 @@ SCALING_MODES = {"reuse_gradient=True (default)": True, "reuse_gradient=False (t
 
 def _problem(name: str, num_steps: int, batch_size: int, model=None):
     model = model or models.get_model(name)
-    shape = SHAPES[name]
+    shape = models.INPUT_SHAPES[name]
     images = jax.random.normal(jax.random.PRNGKey(0), (num_steps, batch_size, *shape))
     labels = jax.random.randint(jax.random.PRNGKey(1), (num_steps, batch_size), 0, 10)
     keys = jax.random.split(jax.random.PRNGKey(2), num_steps)

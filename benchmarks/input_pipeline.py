@@ -29,14 +29,6 @@ from relaxjax.optimizers import OptimizerConfig, make_optimizer
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import environment  # noqa: E402
 
-SETTINGS = {  # model -> (image shape, augmentation as in relaxjax train)
-    "mnistfc": ((28, 28, 1), False),
-    "lenet": ((28, 28, 1), False),
-    "allcnn": ((32, 32, 3), True),
-    "mnistfc-dr": ((28, 28, 1), False),
-    "lenet-dr": ((28, 28, 1), False),
-}
-
 
 def _median_seconds(fn, args, repeats):
     jax.block_until_ready(fn(*args))
@@ -49,7 +41,8 @@ def _median_seconds(fn, args, repeats):
 
 
 def measure(name, num_steps, batch_size, num_examples, repeats):
-    shape, augment = SETTINGS[name]
+    shape = models.INPUT_SHAPES[name]
+    augment = shape[-1] == 3  # relaxjax train crops and flips the colour (CIFAR) sets only
     images = jax.random.normal(jax.random.PRNGKey(0), (num_examples, *shape))
     labels = jax.random.randint(jax.random.PRNGKey(1), (num_examples,), 0, 10)
     perm = jax.random.permutation(jax.random.PRNGKey(2), num_examples)

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 __all__ = [
+    "INPUT_SHAPES",
     "Params",
     "ModelState",
     "FunctionalModel",
@@ -267,6 +268,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     # nonlinearity (and the pooling), none on LeNet's 500-unit layer.
     "mnistfc-dr": functools.partial(MnistFC, dropout=0.2, bn_after_relu=True),
     "lenet-dr": functools.partial(LeNet, dropout=0.25, bn_after_pool=True, dense_bn=False),
+}
+
+# The input (height, width, channels) each network is trained on in the papers: MNIST's
+# 28x28 grey images, CIFAR-10's 32x32 colour ones (All-CNN's final pooling assumes 8x8).
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    name: (32, 32, 3) if name == "allcnn" else (28, 28, 1) for name in MODELS
 }
 
 

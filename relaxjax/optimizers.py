@@ -38,6 +38,8 @@ __all__ = ["OPTIMIZERS", "OptimizerConfig", "make_optimizer"]
 
 OPTIMIZERS = ("sgd", "entropy-sgd", "hj", "adam", "entropy-adam", "parle", "emsa")
 RELAXATIONS = ("entropy-sgd", "hj", "entropy-adam", "parle")
+# The relaxations whose inner loop is plain SGD, and so can take inner momentum.
+INNER_SGD_RELAXATIONS = ("entropy-sgd", "hj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +108,7 @@ class OptimizerConfig:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if not 0.0 <= self.inner_momentum < 1.0:
             raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum}")
-        if self.inner_momentum and self.name not in ("entropy-sgd", "hj"):
+        if self.inner_momentum and self.name not in INNER_SGD_RELAXATIONS:
             raise ValueError(
                 f"inner_momentum applies to the inner SGD of entropy-sgd and hj, not {self.name!r}"
             )

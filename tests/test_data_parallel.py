@@ -9,7 +9,6 @@
   leaves the parameters replicated.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -104,14 +103,14 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def test_transforms_and_training_with_sharded_batches_match_single_device(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+def test_transforms_and_training_with_sharded_batches_match_single_device(
+    tmp_path, cpu_subprocess_env
+):
     result = subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(tmp_path)],
         capture_output=True,
         text=True,
-        env=env,
+        env=cpu_subprocess_env,
         timeout=300,
     )
     assert "DATA-PARALLEL-OK" in result.stdout, result.stderr[-4000:]

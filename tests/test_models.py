@@ -26,21 +26,27 @@ def x_of(shape, seed=0):
 def built(name: str, num_classes: int = 10):
     """(model, params, state, jitted apply) -- built once per test session."""
     model = models.get_model(name, num_classes)
-    shape = CIFAR if name == "allcnn" else MNIST
+    shape = (2, *models.INPUT_SHAPES[name])
     params, state = jax.jit(model.init)(jax.random.key(0), jnp.zeros(shape))
     apply = jax.jit(model.apply, static_argnames="train")
     return model, params, state, apply
 
 
 @pytest.mark.parametrize(
-    "name, shape, classes",
-    [("mnistfc", MNIST, 10), ("lenet", MNIST, 10), ("allcnn", CIFAR, 10), ("allcnn", CIFAR, 100)],
+    "name, classes",
+    [*((name, 10) for name in models.MODELS if name != "mnistconv"), ("allcnn", 100)],
 )
-def test_output_shapes(name, shape, classes):
+def test_output_shapes(name, classes):
     _, params, state, apply = built(name, classes)
-    logits, _ = apply(params, state, x_of(shape), train=False)
+    logits, _ = apply(params, state, x_of((2, *models.INPUT_SHAPES[name])), train=False)
     assert logits.shape == (2, classes) and logits.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_input_shapes_are_the_papers_data_sets():
+    assert models.INPUT_SHAPES.keys() == models.MODELS.keys()
+    assert models.INPUT_SHAPES["allcnn"] == CIFAR[1:]
+    assert {models.INPUT_SHAPES[n] for n in models.MODELS if n != "allcnn"} == {MNIST[1:]}
 
 
 def test_unknown_model_lists_valid_names():

@@ -14,7 +14,6 @@
 """
 
 import functools
-import os
 import subprocess
 import sys
 import textwrap
@@ -197,14 +196,12 @@ _SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_parle_matches_vmapped_and_single_device(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+def test_sharded_parle_matches_vmapped_and_single_device(tmp_path, cpu_subprocess_env):
     result = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT, __file__, str(tmp_path)],
         capture_output=True,
         text=True,
-        env=env,
+        env=cpu_subprocess_env,
         timeout=300,
         cwd=ROOT,
     )
@@ -244,12 +241,12 @@ def test_cli_parle_run_and_resume(tmp_path, capsys):
     )
 
 
-def test_parle_benchmark_smoke(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+def test_parle_benchmark_smoke(tmp_path, cpu_subprocess_env):
     command = [sys.executable, str(ROOT / "benchmarks" / "parle_benchmark.py"), "--smoke"]
     command += ["--out-dir", str(tmp_path), *DATA_ARGS]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=cpu_subprocess_env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     import json
 

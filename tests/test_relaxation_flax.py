@@ -11,7 +11,6 @@ The documented pattern (README, "Models with BatchNorm and dropout"):
     a fresh mask per inner mini-batch.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -180,13 +179,12 @@ _SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_batches_match_single_device():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def test_sharded_batches_match_single_device(cpu_subprocess_env):
     result = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT],
         capture_output=True,
         text=True,
-        env=env,
+        env=cpu_subprocess_env,
         timeout=300,
     )
     assert "SHARDED-OK" in result.stdout, result.stderr[-3000:]

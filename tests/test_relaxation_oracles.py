@@ -90,6 +90,28 @@ def test_hopf_lax_of_absolute_value_is_soft_thresholding():
     np.testing.assert_allclose(d, jnp.clip(x / gamma, -1, 1), atol=2 * eta / gamma)
 
 
+def test_hopf_lax_is_the_fixed_point_iteration_of_its_gradient():
+    """p ← (1 − θ) p + θ ∇f_ℓ(x − γ p), p₀ = 0, is hopf_lax with η′ = θγ and α = 0.
+
+    The Hopf-Lax gradient p = ∇u(x, γ) solves p = ∇f(x − γ p); the Deep Relaxation
+    code iterates that fixed point with θ = ¼. With y = x − γ p, each iteration is
+    one gradient step on the proximal problem, a fresh mini-batch each time.
+    """
+    gamma, theta, num_steps = 0.3, 0.25, 12
+    x = jnp.array([1.5, -0.7, 0.2])
+
+    def grad_fn(y, i):  # a different smooth "mini-batch" loss per inner step
+        return jax.grad(lambda y: jnp.sum(jnp.cos((1 + 0.1 * i) * y) + 0.5 * y**4))(y)
+
+    p = jnp.zeros_like(x)
+    for i in range(num_steps):
+        p = (1 - theta) * p + theta * grad_fn(x - gamma * p, i)
+    tx = relaxjax.hopf_lax(gamma, num_steps=num_steps, step_size=theta * gamma, alpha=0.0)
+    updates, _ = tx.update(grad_fn(x, 0), tx.init(x), x, grad_fn=grad_fn)
+    np.testing.assert_allclose(updates, p, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(p, grad_fn(x, 0), atol=1e-2)  # the iteration moved p
+
+
 def _nonconvex(y):
     return y**4 / 4 - y**2 / 2 + 0.3 * jnp.sin(5 * y)
 
