@@ -8,10 +8,12 @@ while its cells take ~17 s; the stall showed up with other work on the CPU.
 
     python benchmarks/notebook_client_stall.py stock 5
     python benchmarks/notebook_client_stall.py sliced 10
+    python benchmarks/notebook_client_stall.py sliced 1 --notebook other.ipynb
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -25,17 +27,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> int:
-    mode, runs = argv[0], int(argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("stock", "sliced"), help="nbclient's client or the test's")
+    parser.add_argument("runs", type=int)
+    parser.add_argument(
+        "--notebook",
+        type=Path,
+        default=ROOT / "notebooks" / "02_relaxed_landscapes.ipynb",
+        help="notebook to run [notebook 02, whose widgets showed the stall]",
+    )
+    args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
     from test_notebooks import DATA_DIR, SlicedPollClient
 
-    client_type = {"stock": NotebookClient, "sliced": SlicedPollClient}[mode]
-    os.environ.update(
-        RELAXJAX_NB_SMALL="1", RELAXJAX_DATA_DIR=str(DATA_DIR), RELAXJAX_PIP_SPEC=str(ROOT)
+    client_type = {"stock": NotebookClient, "sliced": SlicedPollClient}[args.mode]
+    env = dict(
+        os.environ,
+        RELAXJAX_NB_SMALL="1",
+        RELAXJAX_DATA_DIR=str(DATA_DIR),
+        RELAXJAX_PIP_SPEC=str(ROOT),
     )
-    os.environ.pop("MPLBACKEND", None)
-    for run in range(runs):
-        nb = nbformat.read(ROOT / "notebooks" / "02_relaxed_landscapes.ipynb", as_version=4)
+    env.pop("MPLBACKEND", None)
+    for run in range(args.runs):
+        nb = nbformat.read(args.notebook, as_version=4)
         with tempfile.TemporaryDirectory() as work:
             client = client_type(
                 nb,
@@ -45,8 +59,8 @@ def main(argv: list[str]) -> int:
                 resources={"metadata": {"path": work}},
             )
             start = time.perf_counter()
-            client.execute(env=dict(os.environ))
-        print(f"{mode} run {run}: {time.perf_counter() - start:.1f} s", flush=True)
+            client.execute(env=env)
+        print(f"{args.mode} run {run}: {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 

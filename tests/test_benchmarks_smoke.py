@@ -97,3 +97,17 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
     rows = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["mnistfc"]
     assert all(r["step_ms"] > 0 and r["input_ms"] > 0 for r in rows)
+
+
+def test_notebook_client_stall_script_smoke(tmp_path, capsys):
+    import nbformat
+
+    notebook = tmp_path / "tiny.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(nb, notebook)
+    script = _load("notebook_client_stall")
+    for mode in ("stock", "sliced"):
+        assert script.main([mode, "1", "--notebook", str(notebook)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["stock run 0", "sliced run 0"]
+    assert all(float(line.split(":")[1].removesuffix(" s")) > 0 for line in lines)
