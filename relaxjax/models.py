@@ -44,6 +44,7 @@ Optax-style training code of relaxjax works with.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -420,5 +421,12 @@ def functional(
 
 
 def count_params(params: Params) -> int:
-    """Total number of scalars in a parameter pytree."""
-    return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))
+    """Total number of scalars in a pytree of arrays or of their shapes.
+
+    Leaves may be ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape(model.init, ...)``),
+    which counts a network's parameters without initialising it.
+    """
+    return sum(
+        math.prod(p.shape) if hasattr(p, "shape") else int(jnp.size(p))
+        for p in jax.tree_util.tree_leaves(params)
+    )

@@ -55,18 +55,27 @@ def test_unknown_model_lists_valid_names():
     assert isinstance(models.get_module("mnistconv"), models.LeNet)
 
 
+def abstract_variables(name: str):
+    """(params, state) as shapes and dtypes only: nothing is compiled or computed."""
+    model = models.get_model(name)
+    zeros = jax.ShapeDtypeStruct((2, *models.INPUT_SHAPES[name]), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), zeros)
+
+
 def test_parameter_counts():
-    _, p, s, _ = built("mnistfc")
+    p, s = abstract_variables("mnistfc")
     # 784*1024+1024 + 1024*1024+1024 + 1024*10+10 = 1,863,690 (dense) + 2*2*1024 (BN affine)
     assert models.count_params(p) == 1_867_786
     kernels = [v for path, v in jax.tree_util.tree_leaves_with_path(p) if "kernel" in str(path)]
     assert sum(k.size for k in kernels) == 1_861_632
     assert models.count_params(s) == 4096  # running mean and var
-    assert models.count_params(built("lenet")[1]) == 132_220
-    assert models.count_params(built("allcnn")[1]) == 1_667_166
+    assert models.count_params(abstract_variables("lenet")[0]) == 132_220
+    assert models.count_params(abstract_variables("allcnn")[0]) == 1_667_166
     # The Deep Relaxation code's variants (PyTorch's counts of its models.py networks).
-    assert models.count_params(built("mnistfc-dr")[1]) == 1_867_786
-    assert models.count_params(built("lenet-dr")[1]) == 131_220  # no BN on the 500 units
+    assert models.count_params(abstract_variables("mnistfc-dr")[0]) == 1_867_786
+    assert (
+        models.count_params(abstract_variables("lenet-dr")[0]) == 131_220
+    )  # no BN on the 500 units
 
 
 def _batch_norm(x, params, stats):
@@ -282,7 +291,8 @@ def test_lenet_convolution_implementations_agree():
     """LeNet's patch (im2col) convolutions equal XLA's, values and gradients."""
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
     nets = {impl: models.LeNet(conv_implementation=impl) for impl in ("patches", "xla")}
-    variables = {impl: net.init(jax.random.PRNGKey(1), x) for impl, net in nets.items()}
+    # Jitted: eagerly, every primitive of the patch gradients compiles on its own (slow).
+    variables = {impl: jax.jit(net.init)(jax.random.PRNGKey(1), x) for impl, net in nets.items()}
     jax.tree.map(np.testing.assert_array_equal, variables["patches"], variables["xla"])
     reference = nn.Conv(20, (5, 5), padding="VALID").init(jax.random.PRNGKey(2), x)
     conv = models.PatchConv(20, (5, 5)).init(jax.random.PRNGKey(2), x)
@@ -296,7 +306,8 @@ def test_lenet_convolution_implementations_agree():
         return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
 
     params = variables["xla"]["params"]
-    values = {impl: jax.value_and_grad(loss)(params, impl) for impl in nets}
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    values = {impl: value_and_grad(params, impl) for impl in nets}
     np.testing.assert_allclose(values["patches"][0], values["xla"][0], rtol=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
