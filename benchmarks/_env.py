@@ -13,12 +13,12 @@ import jax
 import optax
 
 import relaxjax
-from relaxjax.xla_cpu import prefer_sequential_cpu_scheduler
+from relaxjax.xla_cpu import apply_cpu_settings
 
 __all__ = ["command_line", "environment", "machine", "now", "versions"]
 
 # What `relaxjax train` uses; the scripts import this module before any JAX computation.
-prefer_sequential_cpu_scheduler()
+apply_cpu_settings()
 
 
 def machine() -> str:

@@ -57,7 +57,7 @@ import relaxjax
 from relaxjax import models as models_lib
 from relaxjax import train as train_lib
 from relaxjax.optimizers import OptimizerConfig, make_optimizer
-from relaxjax.xla_cpu import prefer_sequential_cpu_scheduler
+from relaxjax.xla_cpu import apply_cpu_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_entropy_sgd import EntropySGD, get_torch_model  # noqa: E402
@@ -483,7 +483,7 @@ def available_devices() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    prefer_sequential_cpu_scheduler()  # as `relaxjax train` does; before JAX starts
+    apply_cpu_settings()  # as `relaxjax train` does; before JAX starts
     args = parse_args(argv)
     devices = args.devices or available_devices()
     torch.set_num_threads(_usable_cores())

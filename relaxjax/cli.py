@@ -327,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relaxjax`` command; returns the exit status."""
-    from relaxjax.xla_cpu import prefer_sequential_cpu_scheduler
+    from relaxjax.xla_cpu import apply_cpu_settings
 
-    prefer_sequential_cpu_scheduler()  # before any JAX computation starts the backend
+    apply_cpu_settings()  # before any JAX computation starts the backend
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "command"):
