@@ -46,7 +46,9 @@ def run_once(width: int, models: list[str], rounds: int, smoke: bool, out_dir: P
     command = [sys.executable, str(HERE / "inner_loop.py"), "--no-scaling"]
     command += ["--smoke"] if smoke else ["--models", *models, "--rounds", str(rounds)]
     command += ["--candidates", "default", "no noise", "--out-dir", str(out_dir)]
-    subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"inner_loop.py at width {width} failed:\n{done.stderr[-3000:]}")
     return json.loads((out_dir / "inner_loop.json").read_text())
 
 
