@@ -36,6 +36,9 @@ def main(argv: list[str]) -> int:
         default=ROOT / "notebooks" / "02_relaxed_landscapes.ipynb",
         help="notebook to run [notebook 02, whose widgets showed the stall]",
     )
+    parser.add_argument(
+        "--timeout", type=int, default=600, help="cell timeout in seconds [the test's, 600]"
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
     from test_notebooks import DATA_DIR, SlicedPollClient
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as work:
             client = client_type(
                 nb,
-                timeout=600,
+                timeout=args.timeout,
                 kernel_name="python3",
                 shutdown_kernel="immediate",
                 resources={"metadata": {"path": work}},

@@ -309,7 +309,8 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "MNIST scope of the code's README (γ₀ = 10⁴, coupling 1/γ growing by 10⁻³ per "
         "outer step, so below 10⁻³ throughout), where the inner loop is nearly uncoupled "
         "SGD and `hj` differs from `entropy-sgd` only by the latter's noise of standard "
-        "deviation ε√(2η′) ≈ 4.5·10⁻⁵ per step.",
+        "deviation ε√(2η′) ≈ 4.5·10⁻⁵ per step and by the paper's budget (LeNet: 70 "
+        "against 80 effective epochs).",
         "",
         "'optimizer (variant)': the cell trained with a named departure from the defaults "
         "(`VARIANTS` in the script): "

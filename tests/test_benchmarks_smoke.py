@@ -120,7 +120,7 @@ def test_notebook_client_stall_script_smoke(tmp_path, capsys):
     nbformat.write(nb, notebook)
     script = _load("notebook_client_stall")
     for mode in ("stock", "sliced"):
-        assert script.main([mode, "1", "--notebook", str(notebook)]) == 0
+        assert script.main([mode, "1", "--notebook", str(notebook), "--timeout", "120"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["stock run 0", "sliced run 0"]
     assert all(float(line.split(":")[1].removesuffix(" s")) > 0 for line in lines)
