@@ -406,8 +406,8 @@ def hopf_lax(
     p ← (1 − θ) p + θ ∇f_ℓ(x − γ p) (p₀ = 0) of the envelope's gradient, which
     solves p = ∇f(x − γp); p_ℓ = (x − y_ℓ)/γ. The Deep Relaxation code's
     fixed-point optimizer uses θ = ¼. Gradient descent on the proximal problem
-    converges when η′ < 2/(Lip(∇f) + 1/γ); η′ < γ is necessary. The calling convention is that
-    of ``local_entropy`` (``grad_fn(y, i)`` for i = 1 … L − 1).
+    converges when η′ < 2/(Lip(∇f) + 1/γ); η′ < γ is necessary. The calling
+    convention is that of ``local_entropy`` (``grad_fn(y, i)`` for i = 1 … L − 1).
 
     Args:
       gamma: the PDE time (scope) γ > 0, float or schedule.
