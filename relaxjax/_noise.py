@@ -2,9 +2,13 @@
 
 An inner step of Entropy-SGD needs one standard normal per parameter. With
 ``jax.random.normal`` (threefry) that can cost as much as the gradient of an
-MLP on CPU; the generator below is several times cheaper, most of its cost
-the logarithm inside erf⁻¹. ``benchmarks/inner_loop.py`` times both inside the
-inner loop ("What the Langevin noise costs" in its results, with the machine).
+MLP on CPU; the generator below is many times cheaper. On a CPU its loop is
+bound by the latency of each weight's chain of dependent operations (hash,
+logarithm, polynomial), so erf⁻¹ is one polynomial in w = −log(1 − u²),
+evaluated by Estrin's scheme, with a logarithm that skips the special cases
+the draw cannot meet. ``benchmarks/inner_loop.py`` times both generators
+inside the inner loop ("What the Langevin noise costs" in its results, with
+the machine).
 
 ``"hash"`` (default): per leaf, the counter c = 0 … n−1 is hashed by two
 rounds of a 32-bit integer mixer (Wellons' low-bias ``lowbias32``) keyed by
@@ -53,38 +57,72 @@ def _hash_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return (jnp.sqrt(2.0) * _erf_inv_open(u)).reshape(shape)
 
 
-# Giles' single-precision erf⁻¹ ("Approximating the erfinv function", GPU Computing Gems,
-# 2011), the polynomials XLA's own ``erf_inv`` uses, highest degree first.
-_ERF_INV_CENTRAL = (
-    2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
-    -0.00125372503, -0.00417768164, 0.246640727, 1.50140941,
+# Cephes' single-precision logarithm (``logf``): log(1 + t) ≈ t − t²/2 + t³·P(t) for the
+# mantissa m = 1 + t in [√½, √2); highest degree first.
+_LOG_MANTISSA = (
+    7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+    -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1,
 )  # fmt: skip
-_ERF_INV_TAIL = (
-    -0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
-    -0.0076224613, 0.00943887047, 1.00167406, 2.83297682,
+
+# erf⁻¹(u)/u as a polynomial in t = w/8 − 1, w = −log(1 − u²) in [0, 16]: the degree-16
+# Chebyshev interpolant of the exact function (float64, scipy), in powers of t, highest
+# degree first. Relative error of the fit 9e-8; ``tests/test_inner_loop_speedups.py``
+# refits it and checks every float32 input of the generator.
+_ERF_INV_OVER_U = (
+    -0.00139918542, -0.00195084875, 0.0123515868, -0.00154255634, -0.0283764867,
+    0.0251496506, 0.00630830572, -0.0223766896, 0.030146377, -0.0428472361, 0.0425949639,
+    -0.0162727579, -0.0365115661, 0.125761308, -0.323547246, 1.41085752, 2.66143864,
 )  # fmt: skip
 
 
-def _horner(coefficients: tuple[float, ...], w: jax.Array) -> jax.Array:
-    p = jnp.full_like(w, coefficients[0])
-    for c in coefficients[1:]:
-        p = c + p * w
-    return p
+def _estrin(coefficients: tuple[float, ...], t: jax.Array) -> jax.Array:
+    """The polynomial with ``coefficients`` (highest degree first) at ``t``, by Estrin's scheme.
+
+    Pairs of terms are combined with t, t², t⁴, …: a dependency chain of about log₂(degree)
+    multiply-adds instead of Horner's degree, which is what bounds an elementwise loop
+    like the draw's on a CPU.
+    """
+    terms = [jnp.asarray(c, t.dtype) for c in reversed(coefficients)]
+    power = t
+    while len(terms) > 1:
+        pairs = [terms[i : i + 2] for i in range(0, len(terms), 2)]
+        terms = [pair[0] + pair[1] * power if len(pair) == 2 else pair[0] for pair in pairs]
+        power = power * power
+    return terms[0]
+
+
+def _log_normal_positive(x: jax.Array) -> jax.Array:
+    """log x for positive, finite, normal float32 x (Cephes' ``logf``, no special cases).
+
+    Splits x = 2ᵉ·m with bit operations and evaluates a polynomial in m − 1: the cases
+    XLA's ``log`` handles for every input (zero, negatives, infinities, subnormals) cannot
+    occur in the draw, and dropping them shortens its loop. Error below 5e-7 absolute on
+    the draw's inputs (tested through erf⁻¹).
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    exponent = (bits >> 23) - 126
+    mantissa = jax.lax.bitcast_convert_type((bits & 0x007FFFFF) | 0x3F000000, x.dtype)  # [½, 1)
+    low = mantissa < 0.70710678118654752440
+    exponent = jnp.where(low, exponent - 1, exponent).astype(x.dtype)
+    t = jnp.where(low, mantissa + mantissa, mantissa) - 1.0
+    t2 = t * t
+    y = _estrin(_LOG_MANTISSA, t) * t * t2 + exponent * -2.12194440e-4 - 0.5 * t2
+    return t + y + exponent * 0.693359375
 
 
 def _erf_inv_open(u: jax.Array) -> jax.Array:
     """erf⁻¹(u) for float32 u in the open interval (−1, 1).
 
-    Giles' approximation with w = −log((1 − u)(1 + u)) instead of XLA's
-    −log1p(−u²): on the 2²⁴-point grid of ``_hash_normal`` the relative error
-    against float64 is 2.6e-7 (XLA's ``lax.erf_inv``: 5.8e-6, from rounding u²
-    near ±1), and it runs ~1.4x faster on XLA:CPU (log is cheaper than log1p).
-    Tested against ``scipy.special.erfinv`` on the whole grid.
+    With w = −log((1 − u)(1 + u)), erf⁻¹(u)/u is a smooth function of w, and every float32
+    u in (−1, 1) has w ≤ 23·log 2 < 16 (1 − u ≥ 2⁻²⁴). So one polynomial in w covers the
+    whole input range (``_ERF_INV_OVER_U``), where Giles' approximation ("Approximating
+    the erfinv function", GPU Computing Gems, 2011; XLA's ``erf_inv``) needs two branches
+    and a square root for its wider range. On the 2²⁴-point grid of ``_hash_normal`` the
+    relative error against float64 is 4.2e-7 (XLA's ``lax.erf_inv``: 5.8e-6, from
+    rounding u² near ±1). Tested against ``scipy.special.erfinv`` on that whole grid.
     """
-    w = -jnp.log((1.0 - u) * (1.0 + u))
-    central = _horner(_ERF_INV_CENTRAL, w - 2.5)
-    tail = _horner(_ERF_INV_TAIL, jnp.sqrt(w) - 3.0)
-    return jnp.where(w < 5.0, central, tail) * u
+    w = -_log_normal_positive((1.0 - u) * (1.0 + u))
+    return _estrin(_ERF_INV_OVER_U, w * 0.125 - 1.0) * u
 
 
 def gaussian_like(key: jax.Array, tree: Any, generator: str = "hash") -> Any:

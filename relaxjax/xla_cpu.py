@@ -17,12 +17,21 @@ already there is left as it is). Neither affects GPU/TPU computations.
 * **512-bit vectors on AVX-512 CPUs** (:func:`prefer_wide_vectors`). XLA
   compiles elementwise loops for 256-bit vectors by default. The Langevin
   noise draw (a hash and an inverse erf per parameter) is such a loop, and
-  compute-bound: on a 2-core AVX-512 Xeon, 512-bit vectors drew it 20% faster
-  and brought the noisy ``mnistfc`` step from 1.49x to 1.33x its plain SGD
-  steps, with the same values (``benchmarks/vector_width.py``; its results
-  give every process). Some older AVX-512 CPUs lower their clock under
-  512-bit code; ``XLA_FLAGS=--xla_cpu_prefer_vector_width=256`` keeps XLA's
-  default.
+  compute-bound: on a 2-core AVX-512 Xeon, 512-bit vectors drew it for
+  ``mnistfc`` in 1.19 ms instead of 2.12 ms and brought the noisy step from
+  1.27x to 1.15x its plain SGD steps, with the same values
+  (``benchmarks/xla_cpu_flags.py``; its results give every process). Some
+  older AVX-512 CPUs lower their clock under 512-bit code;
+  ``XLA_FLAGS=--xla_cpu_prefer_vector_width=256`` keeps XLA's default.
+* **Not set: LLVM loop interleaving.** LLVM vectorizes the draw's loop one
+  vector per iteration, and the loop is bound by the latency of its chains of
+  dependent operations. LLVM's ``-force-vector-interleave=8`` (through
+  ``--xla_backend_extra_options``) sped up the old draw (Horner polynomials
+  and XLA's logarithm) in exploratory timings, but with the current draw
+  (Estrin's scheme, shorter chains) it gave no consistent gain on whole
+  relaxation steps (``benchmarks/xla_cpu_flags.py`` measures it beside the
+  other settings), and the GPU compilers read the same LLVM options, so
+  relaxjax does not set it.
 """
 
 from __future__ import annotations

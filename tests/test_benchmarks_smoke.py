@@ -99,17 +99,22 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
     assert all(r["step_ms"] > 0 and r["input_ms"] > 0 for r in rows)
 
 
-def test_vector_width_benchmark_smoke(tmp_path):
-    assert _load("vector_width").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "inner_loop_vector_width.json").read_text())
-    assert [(row["model"], row["width"]) for row in results["rows"]] == [
-        ("mnistfc", 256),
-        ("mnistfc", 512),
+def test_xla_cpu_flags_benchmark_smoke(tmp_path):
+    arguments = ["--smoke", "--settings", "w256", "w512-i8", "--out-dir", str(tmp_path)]
+    assert _load("xla_cpu_flags").main(arguments) == 0
+    results = json.loads((tmp_path / "inner_loop_xla_cpu_flags.json").read_text())
+    assert [(row["model"], row["setting"]) for row in results["rows"]] == [
+        ("mnistfc", "w256"),
+        ("mnistfc", "w512-i8"),
     ]
+    assert "-force-vector-interleave=8" in results["rows"][1]["flags"]
     assert all(
         row["draw_ms_per_inner_step"] > 0 and row["noisy_ratio"] > 0 for row in results["rows"]
     )
-    assert "| mnistfc | 512 |" in (tmp_path / "inner_loop_vector_width.md").read_text()
+    assert (
+        "| mnistfc | 512-bit vectors, interleave 8 |"
+        in (tmp_path / "inner_loop_xla_cpu_flags.md").read_text()
+    )
 
 
 def test_notebook_client_stall_script_smoke(tmp_path, capsys):

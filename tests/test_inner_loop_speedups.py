@@ -43,6 +43,45 @@ def test_inverse_erf_is_accurate_on_the_whole_uniform_grid():
     assert approx[0] == -approx[-1] and approx[-1] > 3.8  # symmetric; largest |z| = 3.83 sqrt(2)
 
 
+def test_inverse_erf_covers_every_float32_input_and_its_table_is_the_stated_fit():
+    from scipy.special import erfinv
+
+    # The extreme float32 inputs of the open interval, and the far ends of the fit's range.
+    u = np.array([np.nextafter(np.float32(1), np.float32(0)), np.float32(-1) + 2.0**-24, 2.0**-24])
+    u = u.astype(np.float32)
+    approx = np.asarray(jax.jit(_noise._erf_inv_open)(jnp.asarray(u)), np.float64)
+    exact = erfinv(u.astype(np.float64))
+    np.testing.assert_allclose(approx, exact, rtol=1e-6)
+    # w = -log(1 - u^2) of the largest float32 u below 1 stays inside the fit's [0, 16].
+    assert -np.log1p(-(np.float64(u[0]) ** 2)) < 16
+
+    # The coefficient table is the degree-16 Chebyshev interpolant of erf^-1(u)/u in w.
+    def ratio(w):
+        s = np.sqrt(-np.expm1(-w))
+        safe = np.where(s > 0, s, 0.5)
+        return np.where(s > 0, erfinv(safe) / safe, np.sqrt(np.pi) / 2)
+
+    fit = np.polynomial.chebyshev.Chebyshev.interpolate(ratio, 16, domain=[0.0, 16.0])
+    table = np.polynomial.Polynomial(_noise._ERF_INV_OVER_U[::-1])
+    t = np.linspace(-1.0, 1.0, 10_001)
+    assert np.max(np.abs(table(t) - fit(8.0 * (t + 1.0)))) < 1e-8
+    assert np.max(np.abs(fit(8.0 * (t + 1.0)) / ratio(8.0 * (t + 1.0)) - 1)) < 2e-7
+
+
+def test_estrin_and_the_logarithm_against_numpy():
+    coefficients = (0.5, -1.25, 3.0, 0.125, -2.0, 1.0)
+    t = np.linspace(-2.0, 2.0, 101)
+    np.testing.assert_allclose(
+        np.asarray(_noise._estrin(coefficients, jnp.asarray(t, jnp.float32))),
+        np.polyval(coefficients, t),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    x = np.geomspace(2.0**-23, 1.0, 100_001).astype(np.float32)
+    approx = np.asarray(jax.jit(_noise._log_normal_positive)(jnp.asarray(x)), np.float64)
+    np.testing.assert_allclose(approx, np.log(x.astype(np.float64)), rtol=2e-7, atol=5e-7)
+
+
 def test_noise_streams_are_independent_and_reproducible():
     tree = {"a": jnp.zeros((100_000,)), "b": jnp.zeros((100_000,))}
     key = jax.random.PRNGKey(3)

@@ -1,0 +1,192 @@
+"""XLA:CPU flag settings: the inner loop under each of ``relaxjax.xla_cpu``'s choices.
+
+XLA's flags are process-wide (read when the backend starts), so two settings
+cannot be timed in one process. This script runs ``inner_loop.py``
+(``default`` and ``no noise`` candidates, without the L scaling) in fresh
+processes, one per setting in turn, ``--pairs`` rounds of them so that drifts
+of a shared machine fall on all, and reports per setting the medians over
+processes of: the baseline gradient, the noisy and noise-free relaxation
+ratios, the noisy step's time and compile time, and the Langevin draw per
+inner step. Settings: the vector width XLA compiles elementwise loops for
+(``--xla_cpu_prefer_vector_width``, 256 or 512 bits) and LLVM's loop
+interleaving (``-force-vector-interleave=8``, which relaxjax does not set);
+``relaxjax.xla_cpu`` chooses its defaults from these figures.
+
+    python benchmarks/xla_cpu_flags.py                    # mnistfc, 3 rounds of processes
+    python benchmarks/xla_cpu_flags.py --models mnistfc lenet --pairs 2
+    python benchmarks/xla_cpu_flags.py --settings w256 w512   # a subset
+    python benchmarks/xla_cpu_flags.py --smoke            # seconds; what the test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _env import command_line, environment  # noqa: E402
+
+from relaxjax.xla_cpu import SCHEDULER_FLAG, VECTOR_WIDTH_FLAG, has_avx512  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+# LLVM's loop interleaving, passed through XLA (measured; relaxjax does not set it).
+_INTERLEAVE_8 = "--xla_backend_extra_options=-force-vector-interleave=8"
+# name -> (description, XLA_FLAGS beyond the sequential scheduler every setting uses)
+SETTINGS = {
+    "w256": ("256-bit vectors (XLA's default)", f"{VECTOR_WIDTH_FLAG}=256"),
+    "w512": ("512-bit vectors", f"{VECTOR_WIDTH_FLAG}=512"),
+    "w256-i8": ("256-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=256 {_INTERLEAVE_8}"),
+    "w512-i8": ("512-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE_8}"),
+}
+DEFAULT = "default (rolled scan, canonical convs, hash noise)"
+NOISE_FREE = "no noise (Hopf-Lax cost)"
+BASELINE = "baseline: L jitted SGD steps"
+DRAW = "hash noise (default)"
+
+
+def run_once(setting: str, models: list[str], rounds: int, smoke: bool, out_dir: Path) -> dict:
+    """One fresh ``inner_loop.py`` process under ``setting``'s flags; its JSON results."""
+    # The whole of XLA_FLAGS is replaced: the parent's own flags must not leak in.
+    env = dict(os.environ, XLA_FLAGS=f"{SCHEDULER_FLAG}=false {SETTINGS[setting][1]}")
+    command = [sys.executable, str(HERE / "inner_loop.py"), "--no-scaling"]
+    command += ["--smoke"] if smoke else ["--models", *models, "--rounds", str(rounds)]
+    command += ["--candidates", "default", "no noise", "--out-dir", str(out_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"inner_loop.py under {setting} failed:\n{done.stderr[-3000:]}")
+    return json.loads((out_dir / "inner_loop.json").read_text())
+
+
+def _median(results: list[dict], model: str, section: str, key: str, label: str, value: str):
+    """Median over processes of ``value`` in the ``section`` row of ``model`` named ``label``."""
+    return statistics.median(
+        row[value]
+        for result in results
+        for row in result[section]
+        if row["model"] == model and row[key] == label
+    )
+
+
+# figure -> (section of inner_loop.py's results, row key, row label, value)
+FIGURES = {
+    "baseline_ms_per_gradient": ("timing", "candidate", BASELINE, "ms_per_gradient"),
+    "noisy_ms_per_gradient": ("timing", "candidate", DEFAULT, "ms_per_gradient"),
+    "noisy_ratio": ("timing", "candidate", DEFAULT, "ratio_to_baseline"),
+    "noisy_compile_seconds": ("timing", "candidate", DEFAULT, "compile_seconds"),
+    "noise_free_ratio": ("timing", "candidate", NOISE_FREE, "ratio_to_baseline"),
+    "draw_ms_per_inner_step": ("noise", "work", DRAW, "ms_per_inner_step"),
+}
+
+
+def summarize(runs: dict[str, list[dict]]) -> list[dict]:
+    """Per (model, setting): medians over processes of the figures each process measured."""
+    first = next(iter(runs.values()))
+    models = sorted({row["model"] for result in first for row in result["timing"]})
+    return [
+        {
+            "model": model,
+            "setting": setting,
+            "flags": SETTINGS[setting][1],
+            "processes": len(results),
+            **{name: _median(results, model, *spec) for name, spec in FIGURES.items()},
+        }
+        for model in models
+        for setting, results in runs.items()
+    ]
+
+
+def write_results(
+    out_dir: Path, stem: str, command: str, runs: dict, rows: list[dict], setting: dict, args
+) -> None:
+    """``setting``: L, batch_size and rounds of the ``inner_loop.py`` processes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "command": command,
+        **environment(),
+        "avx512": has_avx512(),
+        "pairs": args.pairs,
+        **setting,
+    }
+    processes = {
+        setting: [
+            {"timing": result["timing"], "noise": result["noise"], "date": result["date"]}
+            for result in results
+        ]
+        for setting, results in runs.items()
+    }
+    (out_dir / f"{stem}.json").write_text(
+        json.dumps({**header, "rows": rows, "processes": processes}, indent=2)
+    )
+    lines = [
+        "# XLA:CPU flag settings",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {header['machine']} (AVX-512F: {'yes' if header['avx512'] else 'no'}; "
+        "the XLA_FLAGS shown are this script's own: each process gets only "
+        f"`{SCHEDULER_FLAG}=false` and its setting's flags, as in the table)",
+        f"- versions: {header['versions']}",
+        f"- date: {header['date']}",
+        f"- {args.pairs} rounds of fresh `inner_loop.py` processes, one per setting in turn; "
+        f"each process: L = {setting['L']}, batch {setting['batch_size']}, medians of "
+        f"{setting['rounds']} interleaved rounds",
+        "",
+        "Medians over the processes. 'noisy' is the default Entropy-SGD step, 'noise-free' "
+        "the same loop without the Langevin draw (Hopf-Lax), both as ratios to L jitted "
+        "plain SGD steps in the same process (which run under the same flags); 'draw' is the "
+        "hash noise alone per inner step; 'compile' that of the noisy outer step.",
+        "",
+        "| model | setting | flags | baseline ms / gradient | noisy ms / gradient "
+        "| noisy ratio | noise-free ratio | draw ms / inner step | compile (s) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {SETTINGS[row['setting']][0]} | `{row['flags']}` "
+            f"| {row['baseline_ms_per_gradient']:.1f} "
+            f"| {row['noisy_ms_per_gradient']:.1f} | {row['noisy_ratio']:.2f} "
+            f"| {row['noise_free_ratio']:.2f} | {row['draw_ms_per_inner_step']:.2f} "
+            f"| {row['noisy_compile_seconds']:.1f} |"
+        )
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mnistfc"])
+    parser.add_argument("--pairs", type=int, default=3, help="processes per setting")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--rounds", type=int, default=5, help="rounds inside each process")
+    parser.add_argument("--out-dir", default=str(HERE / "results"))
+    parser.add_argument("--stem", default="inner_loop_xla_cpu_flags")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings, for the test")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.pairs = 1
+    command = command_line(__file__, argv)
+    runs: dict[str, list[dict]] = {name: [] for name in args.settings}
+    with tempfile.TemporaryDirectory() as scratch:
+        for pair in range(args.pairs):
+            for name in args.settings:
+                result = run_once(name, args.models, args.rounds, args.smoke, Path(scratch))
+                runs[name].append(result)
+                print(f"round {pair} {name}: done", flush=True)
+    rows = summarize(runs)
+    for row in rows:
+        print(
+            f"{row['model']:8s} {row['setting']:8s}: noisy {row['noisy_ratio']:.2f}, "
+            f"noise-free {row['noise_free_ratio']:.2f}, draw {row['draw_ms_per_inner_step']:.2f} ms"
+        )
+    first = runs[args.settings[0]][0]
+    setting = {key: first[key] for key in ("L", "batch_size", "rounds")}
+    write_results(Path(args.out_dir), args.stem, command.strip(), runs, rows, setting, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
