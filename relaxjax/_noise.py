@@ -46,15 +46,19 @@ def _lowbias32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def _hash_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _hash_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniforms on the open interval (−1, 1), 24 bits: centres of 2²⁴ equal cells."""
     words = jax.random.bits(key, (2,), jnp.uint32)
     # An int32 iota converted: XLA:CPU emits a uint32 iota more slowly (same values, n < 2³¹).
     counter = jax.lax.iota(jnp.int32, math.prod(shape)).astype(jnp.uint32)
     bits = _lowbias32(_lowbias32(counter ^ words[0]) ^ words[1])
-    # 24-bit uniform on the open interval (−1, 1): centres of 2²⁴ equal cells.
     u = (bits >> 8).astype(jnp.float32) * (2.0 / (1 << 24)) + (1.0 / (1 << 24) - 1.0)
+    return u.reshape(shape)
+
+
+def _hash_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     # XLA fuses the hash, erf⁻¹ and the caller's update into one loop over the parameters.
-    return (jnp.sqrt(2.0) * _erf_inv_open(u)).reshape(shape)
+    return jnp.sqrt(2.0) * _erf_inv_open(_hash_uniform(key, shape))
 
 
 # Cephes' single-precision logarithm (``logf``): log(1 + t) ≈ t − t²/2 + t³·P(t) for the

@@ -30,6 +30,7 @@ def test_inner_loop_benchmark_smoke(tmp_path):
     assert [row["work"] for row in results["noise"]] == [
         "axpy only (no draw)",
         "hash noise (default)",
+        "hash noise through jax.lax.erf_inv",
         "threefry noise",
     ]
     assert all(row["ms_per_inner_step"] > 0 for row in results["noise"])
