@@ -19,6 +19,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop_allcnn", "Inner-loop efficiency on All-CNN (CIFAR-10 sized)"),
     ("inner_loop_lenet_dr", "Inner-loop efficiency on lenet-dr (the Deep Relaxation code's LeNet)"),
     ("inner_loop_xla_cpu_flags", "Inner loop under XLA:CPU's flag settings"),
+    ("inner_loop_xla_cpu_interleave", "Inner loop with LLVM loop interleaving (not set)"),
     ("pytorch_comparison", "Against an eager PyTorch Entropy-SGD"),
     ("pytorch_comparison_lenet_dr", "Against an eager PyTorch Entropy-SGD, on lenet-dr"),
     ("input_pipeline", "Input pipeline's share of a step"),

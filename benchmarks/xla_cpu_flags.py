@@ -35,14 +35,15 @@ from _env import command_line, environment  # noqa: E402
 from relaxjax.xla_cpu import SCHEDULER_FLAG, VECTOR_WIDTH_FLAG, has_avx512  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# LLVM's loop interleaving, passed through XLA (measured; relaxjax does not set it).
-_INTERLEAVE_8 = "--xla_backend_extra_options=-force-vector-interleave=8"
+# LLVM's loop interleaving (independent vectors per loop iteration), passed through XLA.
+_INTERLEAVE = "--xla_backend_extra_options=-force-vector-interleave="
 # name -> (description, XLA_FLAGS beyond the sequential scheduler every setting uses)
 SETTINGS = {
     "w256": ("256-bit vectors (XLA's default)", f"{VECTOR_WIDTH_FLAG}=256"),
     "w512": ("512-bit vectors", f"{VECTOR_WIDTH_FLAG}=512"),
-    "w256-i8": ("256-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=256 {_INTERLEAVE_8}"),
-    "w512-i8": ("512-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE_8}"),
+    "w256-i8": ("256-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=256 {_INTERLEAVE}8"),
+    "w512-i4": ("512-bit vectors, interleave 4", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE}4"),
+    "w512-i8": ("512-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE}8"),
 }
 DEFAULT = "default (rolled scan, canonical convs, hash noise)"
 NOISE_FREE = "no noise (Hopf-Lax cost)"

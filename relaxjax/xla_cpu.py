@@ -24,13 +24,16 @@ already there is left as it is). Neither affects GPU/TPU computations.
   older AVX-512 CPUs lower their clock under 512-bit code;
   ``XLA_FLAGS=--xla_cpu_prefer_vector_width=256`` keeps XLA's default.
 * **Not set: LLVM loop interleaving.** LLVM vectorizes the draw's loop one
-  vector per iteration, and the loop is bound by the latency of its chains of
-  dependent operations. LLVM's ``-force-vector-interleave=8`` (through
-  ``--xla_backend_extra_options``) sped up the old draw (Horner polynomials
-  and XLA's logarithm) in exploratory timings, but with the current draw
-  (Estrin's scheme, shorter chains) it gave no consistent gain on whole
-  relaxation steps (``benchmarks/xla_cpu_flags.py`` measures it beside the
-  other settings), and the GPU compilers read the same LLVM options, so
+  vector per iteration, and the loop is bound by the latency of each weight's
+  chain of dependent operations. LLVM's ``-force-vector-interleave=N``
+  (through ``--xla_backend_extra_options``) runs N independent vectors per
+  iteration: with N = 8 the ``mnistfc`` draw alone took 1.36 ms instead of
+  2.42 ms, but the plain SGD steps slowed from 9.8 to 11.5 ms per gradient and
+  compilation from 5.4 to 6.8 s, so the noisy step itself did not get faster
+  (12.9 against 13.0 ms per gradient). With N = 4 the noisy step was faster
+  (11.1 ms) but the noise-free one slower (1.12x against 0.98x its SGD steps):
+  mixed (``benchmarks/results/inner_loop_xla_cpu_interleave.md``, 3 processes
+  per setting). It is also an LLVM option that the GPU compilers read.
   relaxjax does not set it.
 """
 
