@@ -101,14 +101,12 @@ def test_input_pipeline_benchmark_smoke(tmp_path):
 
 
 def test_xla_cpu_flags_benchmark_smoke(tmp_path):
-    arguments = ["--smoke", "--settings", "w256", "w512-i8", "--out-dir", str(tmp_path)]
+    # One setting (one fresh process, ~40 s): the one whose flags reach LLVM through XLA.
+    arguments = ["--smoke", "--settings", "w512-i8", "--out-dir", str(tmp_path)]
     assert _load("xla_cpu_flags").main(arguments) == 0
     results = json.loads((tmp_path / "inner_loop_xla_cpu_flags.json").read_text())
-    assert [(row["model"], row["setting"]) for row in results["rows"]] == [
-        ("mnistfc", "w256"),
-        ("mnistfc", "w512-i8"),
-    ]
-    assert "-force-vector-interleave=8" in results["rows"][1]["flags"]
+    assert [(row["model"], row["setting"]) for row in results["rows"]] == [("mnistfc", "w512-i8")]
+    assert "-force-vector-interleave=8" in results["rows"][0]["flags"]
     assert all(
         row["draw_ms_per_inner_step"] > 0 and row["noisy_ratio"] > 0 for row in results["rows"]
     )
