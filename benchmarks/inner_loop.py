@@ -167,13 +167,11 @@ def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dic
 
     def with_lax_erf_inv(key, tree):
         # The default generator's uniforms through XLA's own erf⁻¹: what the custom one saves.
-        leaves, tree_def = jax.tree.flatten(tree)
-        keys = jax.random.split(key, len(leaves))
-        draws = [
-            np.sqrt(2.0) * jax.lax.erf_inv(_noise._hash_uniform(k, leaf.shape))
-            for k, leaf in zip(keys, leaves, strict=True)
-        ]
-        return jax.tree.unflatten(tree_def, draws)
+        return _noise.draws_like(
+            key,
+            tree,
+            lambda k, shape, _: np.sqrt(2.0) * jax.lax.erf_inv(_noise._hash_uniform(k, shape)),
+        )
 
     def loop(draw):
         @jax.jit

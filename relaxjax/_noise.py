@@ -129,20 +129,27 @@ def _erf_inv_open(u: jax.Array) -> jax.Array:
     return _estrin(_ERF_INV_OVER_U, w * 0.125 - 1.0) * u
 
 
-def gaussian_like(key: jax.Array, tree: Any, generator: str = "hash") -> Any:
-    """Independent standard normal draws with the shapes and dtypes of ``tree``."""
+def draws_like(key: jax.Array, tree: Any, draw: Any) -> Any:
+    """``draw(key, shape, dtype)`` for every leaf of ``tree``, each with its own key."""
     leaves, tree_def = jax.tree.flatten(tree)
     keys = jax.random.split(key, len(leaves))
-    if generator == "hash":
-        draws = [
-            _hash_normal(k, jnp.shape(leaf)).astype(jnp.result_type(leaf))
+    return jax.tree.unflatten(
+        tree_def,
+        [
+            draw(k, jnp.shape(leaf), jnp.result_type(leaf))
             for k, leaf in zip(keys, leaves, strict=True)
-        ]
-    elif generator == "threefry":
-        draws = [
-            jax.random.normal(k, jnp.shape(leaf), jnp.result_type(leaf))
-            for k, leaf in zip(keys, leaves, strict=True)
-        ]
-    else:
+        ],
+    )
+
+
+_LEAF_DRAWS = {
+    "hash": lambda key, shape, dtype: _hash_normal(key, shape).astype(dtype),
+    "threefry": jax.random.normal,
+}
+
+
+def gaussian_like(key: jax.Array, tree: Any, generator: str = "hash") -> Any:
+    """Independent standard normal draws with the shapes and dtypes of ``tree``."""
+    if generator not in _LEAF_DRAWS:
         raise ValueError(f"noise_generator must be one of {NOISE_GENERATORS}, got {generator!r}")
-    return jax.tree.unflatten(tree_def, draws)
+    return draws_like(key, tree, _LEAF_DRAWS[generator])
