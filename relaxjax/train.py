@@ -78,8 +78,10 @@ class TrainConfig:
         Otherwise images are normalised per channel.
       data_dir: where to look for the data first (see ``relaxjax.data``).
       eval_batch_size: batch size of the evaluation pass.
-      train_limit: use only the first N training examples (smoke runs).
-      test_limit: use only the first N test examples.
+      train_limit: use only N training examples (smoke runs): the first N, or N
+        at evenly spaced positions where the first N lack classes that the split
+        has (an image folder is stored class by class).
+      test_limit: use only N test examples, chosen the same way.
       devices: run data-parallel on a mesh of the first N devices (None: the
         default device, unsharded). ``batch_size`` must be divisible by the
         mesh's ``'data'`` axis.
@@ -156,12 +158,23 @@ class TrainState(NamedTuple):
     epoch_sums: jax.Array  # [train loss, train error] summed over this epoch's steps
 
 
+def _limited(images: np.ndarray, labels: np.ndarray, limit: int | None):
+    """``limit`` examples: the first ones, or evenly spaced ones where the first lack
+    classes of the split (a class-sorted image folder would give one class only)."""
+    if limit is None or limit >= len(labels):
+        return images, labels
+    index = np.arange(limit)
+    if len(np.unique(labels[:limit])) < min(limit, len(np.unique(labels))):
+        index = np.linspace(0, len(labels) - 1, limit).round().astype(int)
+    return images[index], labels[index]
+
+
 def load_data(config: TrainConfig) -> DataArrays:
     """Loads, preprocesses (paper's preprocessing) and places the data set on device."""
     train_x, train_y = data_lib.load_dataset(config.dataset, "train", config.data_dir)
     test_x, test_y = data_lib.load_dataset(config.dataset, "test", config.data_dir)
-    train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
-    test_x, test_y = test_x[: config.test_limit], test_y[: config.test_limit]
+    train_x, train_y = _limited(train_x, train_y, config.train_limit)
+    test_x, test_y = _limited(test_x, test_y, config.test_limit)
     if config.use_zca:
         train_f, test_f, _ = data_lib.zca_whiten(train_x, test_x)
     else:

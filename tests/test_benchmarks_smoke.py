@@ -6,6 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -93,6 +95,35 @@ def test_paper_table_runner_smoke(tmp_path):
     assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == before
 
 
+def test_paper_table_allcnn_cells(tmp_path):
+    """All-CNN trains on the CIFAR-10 JPEG copy with the CIFAR defaults, and its rows say
+    which data they were measured on (no training here: one CIFAR step is a GPU's work)."""
+    table = _load("paper_table")
+    config = table.cell_config("allcnn", "entropy-sgd", 0, 200.0, [])
+    assert config.dataset == "cifar10-jpeg"
+    assert config.use_zca and config.use_augmentation
+    assert config.optimizer.weight_decay == 1e-3
+    assert abs(config.optimizer.gamma - 1 / 0.03) < 1e-9
+    assert table.cell_config("mnistfc-dr", "sgd", 0, 1.0, []).dataset == "mnist"
+    assert [table.budget("allcnn", o) for o in ("sgd", "entropy-sgd", "hj")] == [195, 200, 145]
+    # A record (as a device session would bring back) makes a row beside the paper's cells.
+    record = tmp_path / "paper_runs" / "allcnn-sgd-s0"
+    record.mkdir(parents=True)
+    sgd = table.cell_config("allcnn", "sgd", 0, 195.0, [])
+    (record / "config.json").write_text(json.dumps(sgd.to_json()))
+    metrics = [
+        {"effective_epochs": e, "test_error": err, "train_loss": 0.1, "seconds": 1.0}
+        for e, err in ((97.5, 0.1), (195.0, 0.0799))
+    ]
+    (record / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    argv = ["--report-only", "--models", "allcnn", "--optimizers", "sgd", "--seeds", "0"]
+    assert table.main(argv + ["--out-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "paper_table.md").read_text()
+    assert "| allcnn | sgd | refreshed (50 batches) | 1 | 195 / 195 | 7.99 |" in text
+    assert "7.94 ± 0.06 @ 195" in text and "7.71 ± 0.19 @ 180" in text
+    assert "JPEG re-encoding of CIFAR-10" in text
+
+
 def test_input_pipeline_benchmark_smoke(tmp_path):
     assert _load("input_pipeline").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"]
@@ -128,3 +159,52 @@ def test_notebook_client_stall_script_smoke(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["stock run 0", "sliced run 0"]
     assert all(float(line.split(":")[1].removesuffix(" s")) > 0 for line in lines)
+
+
+def test_device_session_round_trip(tmp_path, monkeypatch):
+    """The prepared device calls: a run's last checkpoint travels in parts under the 16 MiB
+    a returned file may have and is rebuilt for the next call; what comes back is placed
+    where the repository keeps it; the timing phase runs each benchmark into $OUT."""
+    session = _load("device_session")
+    run = tmp_path / "runs" / "allcnn-sgd-s0"
+    for step in (10, 20):
+        (run / "checkpoints" / str(step)).mkdir(parents=True)
+    payload = np.random.default_rng(0).bytes(20 * 2**20)  # incompressible: two parts
+    (run / "checkpoints" / "20" / "state").write_bytes(payload)
+    (run / "checkpoints" / "10" / "state").write_bytes(b"older")
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"effective_epochs": 1.0}\n')
+    out = tmp_path / "out"
+    parts = session.archive_run(run, out / "run")
+    assert [p.name for p in parts] == [f"allcnn-sgd-s0.tar.gz.part0{i}" for i in (0, 1)]
+    assert all(p.stat().st_size <= 15 * 2**20 for p in parts)
+    (out / "paper_runs" / "allcnn-sgd-s0").mkdir(parents=True)
+    (out / "paper_runs" / "allcnn-sgd-s0" / "metrics.jsonl").write_text("{}\n")
+    (out / "results").mkdir()
+    (out / "results" / "inner_loop_gpu.md").write_text("# gpu\n")
+    home = tmp_path / "home"
+    placed = session.unpack(out, results=home / "results", device_dir=home / ".device")
+    assert {p.relative_to(home).as_posix() for p in placed} == {
+        "results/inner_loop_gpu.md",
+        "results/paper_runs/allcnn-sgd-s0/metrics.jsonl",
+        ".device/run/allcnn-sgd-s0.tar.gz.part00",
+        ".device/run/allcnn-sgd-s0.tar.gz.part01",
+    }
+    rebuilt = tmp_path / "rebuilt"
+    assert session.restore_run(home / ".device" / "run", "allcnn-sgd-s0", rebuilt)
+    assert (rebuilt / "allcnn-sgd-s0" / "checkpoints" / "20" / "state").read_bytes() == payload
+    assert not (rebuilt / "allcnn-sgd-s0" / "checkpoints" / "10").exists()  # the last only
+    assert not session.restore_run(home / ".device" / "run", "allcnn-hj-s0", rebuilt)
+    commands = []
+    monkeypatch.setattr(session, "_run", lambda command, deadline, log: commands.append(command))
+    session.timings(tmp_path / "gpu", seconds=60, smoke=False, log=lambda *_: None)
+    assert [Path(c[1]).name for c in commands] == [
+        "inner_loop.py",
+        "inner_loop.py",
+        "compare_pytorch.py",
+    ]
+    assert all(str(tmp_path / "gpu" / "results") in c for c in commands)
+    stems = [c[c.index("--stem") + 1] for c in commands]
+    assert len(set(stems)) == 3 and all(s.endswith("_gpu") for s in stems)
+    assert "cuda" in commands[2]
+    assert (tmp_path / "gpu" / "results" / "environment.txt").read_text().strip()

@@ -234,3 +234,20 @@ def test_training_step_evaluates_the_first_gradient_inside_the_loop():
     assert dots["reuse"] == 5 + 5, dots  # the step's own gradient, and the loop body's
     assert dots["in_loop"] == 2 + 5, dots  # the loss at x (forward only), the loop body
     assert dots["make_optimizer"] == dots["in_loop"], dots
+
+
+def test_limits_give_every_class_of_a_class_sorted_split():
+    """An image folder is stored class by class: its first N examples are one class, so a
+    limited run takes N evenly spaced examples instead; a shuffled split keeps its first N."""
+    from relaxjax.train import _limited
+
+    images = np.arange(300)[:, None]
+    sorted_labels = np.repeat(np.arange(3), 100)
+    x, y = _limited(images, sorted_labels, 30)
+    assert len(y) == 30 and np.bincount(y).tolist() == [10, 10, 10]
+    assert (y == sorted_labels[x[:, 0]]).all()  # each image keeps its label
+    shuffled = np.random.default_rng(0).permutation(sorted_labels)
+    x, y = _limited(images, shuffled, 30)
+    assert (y == shuffled[:30]).all() and (x[:, 0] == np.arange(30)).all()
+    assert _limited(images, sorted_labels, None)[1] is sorted_labels
+    assert len(_limited(images, sorted_labels, 1000)[1]) == 300
