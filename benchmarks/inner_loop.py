@@ -154,6 +154,25 @@ def time_candidates(
     ]
 
 
+def noise_loop(draw, num_steps: int):
+    """``run(key, y)``: ``num_steps`` steps of y ← y + σ ξ in ``lax.scan``, ξ drawn by
+    ``draw`` (a generator name of ``relaxjax``, or ``draw(key, tree)``); ``None``: the
+    same loop without a draw, y ← a y + b."""
+    from relaxjax import _noise
+
+    def run(key, y):
+        def body(y, i):
+            if draw is None:
+                return jax.tree.map(lambda a: 0.999 * a + 1e-6, y), None
+            k = jax.random.fold_in(key, i)
+            xi = _noise.gaussian_like(k, y, draw) if isinstance(draw, str) else draw(k, y)
+            return jax.tree.map(lambda a, n: a + 1e-5 * n, y, xi), None
+
+        return jax.lax.scan(body, y, jax.numpy.arange(num_steps))[0]
+
+    return run
+
+
 def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dict]:
     """The Langevin noise alone: L inner steps of y ← y + σ ξ inside ``lax.scan``.
 
@@ -174,20 +193,7 @@ def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dic
         )
 
     def loop(draw):
-        @jax.jit
-        def run(key, y):
-            def body(y, i):
-                if draw is None:
-                    return jax.tree.map(lambda a: 0.999 * a + 1e-6, y), None
-                if draw == "lax":
-                    xi = with_lax_erf_inv(jax.random.fold_in(key, i), y)
-                else:
-                    xi = _noise.gaussian_like(jax.random.fold_in(key, i), y, draw)
-                return jax.tree.map(lambda a, n: a + 1e-5 * n, y, xi), None
-
-            return jax.lax.scan(body, y, jax.numpy.arange(num_steps))[0]
-
-        return run
+        return jax.jit(noise_loop(with_lax_erf_inv if draw == "lax" else draw, num_steps))
 
     runners = {
         "axpy only (no draw)": loop(None),

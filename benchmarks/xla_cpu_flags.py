@@ -16,6 +16,14 @@ interleaving (``-force-vector-interleave=8``, which relaxjax does not set);
     python benchmarks/xla_cpu_flags.py --models mnistfc lenet --pairs 2
     python benchmarks/xla_cpu_flags.py --settings w256 w512   # a subset
     python benchmarks/xla_cpu_flags.py --smoke            # seconds; what the test runs
+
+The vector width is also a per-compilation option (``compiler_options`` of
+``jax.jit(...).lower(...).compile``), so ``--in-process`` compares the widths in
+one process instead: every step compiled once per width, all timed in
+interleaved rounds, so the drift between processes of a shared VM (up to 2x
+here) does not enter the comparison. LLVM's options cannot be set that way.
+
+    python benchmarks/xla_cpu_flags.py --in-process --models mnistfc lenet lenet-dr
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,6 +44,7 @@ from _env import command_line, environment  # noqa: E402
 from relaxjax.xla_cpu import SCHEDULER_FLAG, VECTOR_WIDTH_FLAG, has_avx512  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+DEFAULT_STEM = "inner_loop_xla_cpu_flags"
 # LLVM's loop interleaving (independent vectors per loop iteration), passed through XLA.
 _INTERLEAVE = "--xla_backend_extra_options=-force-vector-interleave="
 # name -> (description, XLA_FLAGS beyond the sequential scheduler every setting uses)
@@ -157,6 +167,137 @@ def write_results(
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
+# ---------------------------------------------------------------- in one process
+
+
+WIDTHS = (256, 512)
+IN_PROCESS_FIGURES = (
+    "baseline_ms_per_gradient",
+    "noisy_ms_per_gradient",
+    "noise_free_ms_per_gradient",
+    "draw_ms_per_inner_step",
+)
+
+
+def in_process(models: list[str], L: int, batch_size: int, rounds: int, repeats: int):
+    """Per model and vector width: L jitted SGD steps, the noisy and noise-free relaxation
+    step and the draw loop, each compiled with that width, all timed interleaved."""
+    import jax
+    import optax
+    from inner_loop import _problem, _relaxation_step, _timed, noise_loop
+
+    rows = []
+    for name in models:
+        params, batches, grad = _problem(name, L, batch_size)
+        sgd = optax.sgd(0.1)
+
+        def sgd_step(params, state, batches, i, grad=grad, sgd=sgd):
+            updates, state = sgd.update(grad(params, batches, i), state, params)
+            return optax.apply_updates(params, updates), state
+
+        runners, compile_seconds = {}, {}
+        key = jax.random.PRNGKey(0)
+        for width in WIDTHS:
+            options = {VECTOR_WIDTH_FLAG.removeprefix("--"): width}
+            state = sgd.init(params)
+            step = jax.jit(sgd_step).lower(params, state, batches, 0).compile(options)
+
+            def baseline(params, state, batches, step=step):
+                for i in range(L):
+                    params, state = step(params, state, batches, i)
+                return params
+
+            runners[width, "baseline"] = (baseline, (params, state, batches))
+            for label, extra in (("noisy", {}), ("noise_free", {"noise": 0.0})):
+                tx, relaxed = _relaxation_step(grad, L, **extra)
+                tx_state = tx.init(params)
+                start = time.perf_counter()
+                compiled = relaxed.lower(params, tx_state, batches).compile(options)
+                compile_seconds[width, label] = time.perf_counter() - start
+                runners[width, label] = (compiled, (params, tx_state, batches))
+            draw = jax.jit(noise_loop("hash", L)).lower(key, params).compile(options)
+            runners[width, "draw"] = (draw, (key, params))
+        for fn, args in runners.values():
+            jax.block_until_ready(fn(*args))
+        samples = {label: [] for label in runners}
+        for _ in range(rounds):
+            for label, (fn, args) in runners.items():
+                samples[label] += _timed(fn, *args, repeats=repeats)
+        ms = {label: 1e3 * statistics.median(s) / L for label, s in samples.items()}
+        for width in WIDTHS:
+            base = ms[width, "baseline"]
+            rows.append(
+                {
+                    "model": name,
+                    "width": width,
+                    "baseline_ms_per_gradient": base,
+                    "noisy_ms_per_gradient": ms[width, "noisy"],
+                    "noise_free_ms_per_gradient": ms[width, "noise_free"],
+                    "draw_ms_per_inner_step": ms[width, "draw"],
+                    "noisy_ratio": ms[width, "noisy"] / base,
+                    "noise_free_ratio": ms[width, "noise_free"] / base,
+                    "noisy_compile_seconds": compile_seconds[width, "noisy"],
+                }
+            )
+        print(
+            *(f"{name} {r['width']}: {r['noisy_ratio']:.2f}" for r in rows[-2:]),
+            sep="\n",
+            flush=True,
+        )
+    return rows
+
+
+def write_in_process(out_dir: Path, stem: str, command: str, rows: list[dict], args) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "command": command,
+        **environment(),
+        "avx512": has_avx512(),
+        "L": args.L,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
+    lines = [
+        "# XLA:CPU vector width, in one process",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {header['machine']} (AVX-512F: {'yes' if header['avx512'] else 'no'}; "
+        "each step below was compiled with the width shown, whatever XLA_FLAGS says)",
+        f"- versions: {header['versions']}",
+        f"- date: {header['date']}",
+        f"- L = {args.L}, batch {args.batch_size}; medians of {args.rounds} interleaved rounds "
+        f"x {args.repeats} repeats, after compilation",
+        "",
+        "Every step compiled once per vector width (`compiler_options`, "
+        f"`{VECTOR_WIDTH_FLAG.removeprefix('--')}`), all timed in the same rounds: "
+        "'baseline' is L jitted plain SGD steps, 'noisy' the default Entropy-SGD step, "
+        "'noise-free' the same loop without the Langevin draw (Hopf-Lax), 'draw' the hash "
+        "noise alone per inner step; ratios are to the baseline of the same width. The "
+        "'512 / 256' rows divide the 512-bit figures by the 256-bit ones of the same run.",
+        "",
+        "| model | width | baseline ms / gradient | noisy ms / gradient | noisy ratio "
+        "| noise-free ms / gradient | noise-free ratio | draw ms / inner step | compile (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['width']} | {row['baseline_ms_per_gradient']:.1f} "
+            f"| {row['noisy_ms_per_gradient']:.1f} | {row['noisy_ratio']:.2f} "
+            f"| {row['noise_free_ms_per_gradient']:.1f} | {row['noise_free_ratio']:.2f} "
+            f"| {row['draw_ms_per_inner_step']:.2f} | {row['noisy_compile_seconds']:.1f} |"
+        )
+        if row["width"] == WIDTHS[-1]:
+            low = next(r for r in rows if r["model"] == row["model"] and r["width"] == WIDTHS[0])
+            ratios = [row[f] / low[f] for f in IN_PROCESS_FIGURES]
+            lines.append(
+                f"| {row['model']} | 512 / 256 | {ratios[0]:.2f} | {ratios[1]:.2f} | "
+                f"| {ratios[2]:.2f} | | {ratios[3]:.2f} | |"
+            )
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mnistfc"])
@@ -164,12 +305,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--rounds", type=int, default=5, help="rounds inside each process")
     parser.add_argument("--out-dir", default=str(HERE / "results"))
-    parser.add_argument("--stem", default="inner_loop_xla_cpu_flags")
+    parser.add_argument("--stem", default=DEFAULT_STEM)
     parser.add_argument("--smoke", action="store_true", help="tiny settings, for the test")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="compare the vector widths in one process (per-compilation options)",
+    )
+    parser.add_argument("--L", type=int, default=20, help="with --in-process")
+    parser.add_argument("--batch-size", type=int, default=128, help="with --in-process")
+    parser.add_argument("--repeats", type=int, default=2, help="with --in-process")
     args = parser.parse_args(argv)
     if args.smoke:
         args.pairs = 1
     command = command_line(__file__, argv)
+    if args.in_process:
+        if args.smoke:
+            args.models, args.L, args.batch_size, args.rounds, args.repeats = (
+                ["mnistfc"],
+                2,
+                4,
+                1,
+                1,
+            )
+        rows = in_process(args.models, args.L, args.batch_size, args.rounds, args.repeats)
+        stem = args.stem if args.stem != DEFAULT_STEM else "inner_loop_vector_width_in_process"
+        write_in_process(Path(args.out_dir), stem, command.strip(), rows, args)
+        return 0
     runs: dict[str, list[dict]] = {name: [] for name in args.settings}
     with tempfile.TemporaryDirectory() as scratch:
         for pair in range(args.pairs):

@@ -16,11 +16,13 @@ already there is left as it is). Neither affects GPU/TPU computations.
   compare both.
 * **512-bit vectors on AVX-512 CPUs** (:func:`prefer_wide_vectors`). XLA
   compiles elementwise loops for 256-bit vectors by default. The Langevin
-  noise draw (a hash and an inverse erf per parameter) is such a loop, and
-  compute-bound: on a 2-core AVX-512 Xeon, 512-bit vectors drew it for
-  ``mnistfc`` in 1.19 ms instead of 2.12 ms and brought the noisy step from
-  1.27x to 1.15x its plain SGD steps, with the same values
-  (``benchmarks/xla_cpu_flags.py``; its results give every process). Some
+  noise draw (a hash and an inverse erf per parameter) is such a loop, bound
+  by its arithmetic rather than by memory: on a 2-core AVX-512 Xeon, 512-bit
+  vectors drew it for ``mnistfc`` in 0.53x the time of 256-bit ones and made
+  the noisy step 0.93x as long, with the same values; LeNet's steps were
+  unchanged (every step compiled with each width and timed in one process:
+  ``benchmarks/xla_cpu_flags.py --in-process``; across alternated processes
+  the draw took 1.19 against 2.12 ms, ``inner_loop_xla_cpu_flags.md``). Some
   older AVX-512 CPUs lower their clock under 512-bit code;
   ``XLA_FLAGS=--xla_cpu_prefer_vector_width=256`` keeps XLA's default.
 * **Not set: LLVM loop interleaving.** LLVM vectorizes the draw's loop one

@@ -147,6 +147,22 @@ def test_xla_cpu_flags_benchmark_smoke(tmp_path):
     )
 
 
+def test_xla_cpu_flags_in_process_smoke(tmp_path):
+    """Both widths compiled and timed in one process, with the 512 / 256 ratios."""
+    arguments = ["--in-process", "--smoke", "--out-dir", str(tmp_path)]
+    assert _load("xla_cpu_flags").main(arguments) == 0
+    results = json.loads((tmp_path / "inner_loop_vector_width_in_process.json").read_text())
+    assert [(row["model"], row["width"]) for row in results["rows"]] == [
+        ("mnistfc", 256),
+        ("mnistfc", 512),
+    ]
+    assert all(row["draw_ms_per_inner_step"] > 0 for row in results["rows"])
+    assert (
+        "| mnistfc | 512 / 256 |"
+        in (tmp_path / "inner_loop_vector_width_in_process.md").read_text()
+    )
+
+
 def test_notebook_client_stall_script_smoke(tmp_path, capsys):
     import nbformat
 
