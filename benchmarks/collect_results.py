@@ -16,6 +16,7 @@ HERE = Path(__file__).parent
 SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop", "Inner-loop efficiency (issue: inner loop at the cost of its gradients)"),
     ("inner_loop_mnistfc", "Inner-loop efficiency, mnistfc again with more rounds"),
+    ("inner_loop_scaling", "Compile time and memory against L, 5 compilations each"),
     ("inner_loop_allcnn", "Inner-loop efficiency on All-CNN (CIFAR-10 sized)"),
     ("inner_loop_lenet_dr", "Inner-loop efficiency on lenet-dr (the Deep Relaxation code's LeNet)"),
     ("inner_loop_xla_cpu_flags", "Inner loop under XLA:CPU's flag settings"),

@@ -32,6 +32,7 @@ off (``relaxjax.xla_cpu``); to time XLA's default instead::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -47,7 +48,7 @@ from relaxjax import models
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import command_line, environment  # noqa: E402
 
-# name -> keyword arguments of relaxjax.local_entropy
+# name -> keyword arguments of relaxjax.local_entropy (and, for the last, a reference switch)
 CANDIDATES = {
     "default (rolled scan, canonical convs, hash noise)": {},
     "rolled scan, no conv rewrite": {"canonical_convolutions": False},
@@ -58,7 +59,36 @@ CANDIDATES = {
         "reuse_gradient": False
     },
     "no noise (Hopf-Lax cost)": {"noise": 0.0},
+    "hash noise keyed by threefry inside the loop (relaxjax before 2026-11-30)": {
+        "keys_in_the_loop": True
+    },
 }
+
+
+@contextlib.contextmanager
+def _threefry_keys_in_the_loop():
+    """Traces the relaxation as relaxjax did before 2026-11-30: each inner step derived its
+    leaves' hash keys by threefry inside the loop (``fold_in``, ``split``, ``bits`` per
+    leaf) instead of taking them from words drawn once before the loop. A reference row:
+    what drawing the key words up front saves."""
+    from relaxjax import _noise
+
+    def source(key, tree, num_steps, generator="hash"):
+        return key
+
+    def at_step(key, i, tree, generator="hash"):
+        leaves, tree_def = jax.tree.flatten(tree)
+        keys = jax.random.split(jax.random.fold_in(key, i), len(leaves))
+        words = jax.numpy.stack([jax.random.bits(k, (2,), jax.numpy.uint32) for k in keys])
+        return _noise._hash_tree(words, tree)
+
+    saved = _noise.noise_source, _noise.gaussian_at_step
+    _noise.noise_source, _noise.gaussian_at_step = source, at_step
+    try:
+        yield
+    finally:
+        _noise.noise_source, _noise.gaussian_at_step = saved
+
 
 # Compile-time modes: the transform's default, and what ``relaxjax train`` uses.
 SCALING_MODES = {"reuse_gradient=True (default)": True, "reuse_gradient=False (train)": False}
@@ -127,12 +157,16 @@ def time_candidates(
     runners = {"baseline: L jitted SGD steps": (baseline, (params, batches))}
     compile_seconds = {}
     for label, options in (candidates or CANDIDATES).items():
+        options = dict(options)
+        keys_in_the_loop = options.pop("keys_in_the_loop", False)
         tx, step = _relaxation_step(grad, num_steps, **options)
         state = tx.init(params)
-        start = time.perf_counter()
-        step.lower(params, state, batches).compile()
-        compile_seconds[label] = time.perf_counter() - start
-        runners[label] = (step, (params, state, batches))
+        with _threefry_keys_in_the_loop() if keys_in_the_loop else contextlib.nullcontext():
+            start = time.perf_counter()
+            compiled = step.lower(params, state, batches).compile()
+            compile_seconds[label] = time.perf_counter() - start
+        # The reference runs its compiled program: calling ``step`` would trace it anew.
+        runners[label] = (compiled if keys_in_the_loop else step, (params, state, batches))
     for fn, args in runners.values():  # warm up (compile) everything first
         jax.block_until_ready(fn(*args))
     samples = {label: [] for label in runners}
@@ -186,10 +220,10 @@ def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dic
 
     def with_lax_erf_inv(key, tree):
         # The default generator's uniforms through XLA's own erf⁻¹: what the custom one saves.
-        return _noise.draws_like(
-            key,
+        return _noise._hash_tree(
+            _noise._hash_words(key, (), tree),
             tree,
-            lambda k, shape, _: np.sqrt(2.0) * jax.lax.erf_inv(_noise._hash_uniform(k, shape)),
+            lambda w, shape: np.sqrt(2.0) * jax.lax.erf_inv(_noise._hash_uniform(w, shape)),
         )
 
     def loop(draw):
@@ -223,33 +257,37 @@ def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dic
 def scaling_in_L(name: str, batch_size: int, steps=(1, 2, 5, 20, 50), repeats: int = 3):
     """Median compile time over ``repeats`` fresh compilations, and XLA's temp memory.
 
-    L = 1 has no inner loop at all (no ``grad_fn`` call), so L = 2 is the
-    smallest configuration with the loop.
+    The repeats go round every (mode, L) in turn, so drifts of a shared machine fall
+    on all alike. L = 1 has no inner loop at all (no ``grad_fn`` call), so L = 2 is
+    the smallest configuration with the loop.
     """
-    rows = []
+    configs = {}
     for mode, reuse in SCALING_MODES.items():
         for num_steps in steps:
             params, batches, grad = _problem(name, max(num_steps, 1), batch_size)
             tx, step = _relaxation_step(grad, num_steps, reuse_gradient=reuse)
-            state = tx.init(params)
-            times = []
-            for _ in range(repeats):
-                jax.clear_caches()
-                start = time.perf_counter()
-                compiled = step.lower(params, state, batches).compile()
-                times.append(time.perf_counter() - start)
-            memory = compiled.memory_analysis()
-            temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
-            rows.append(
-                {
-                    "model": name,
-                    "mode": mode,
-                    "L": num_steps,
-                    "compile_seconds": float(np.median(times)),
-                    "temp_bytes": temp,
-                }
-            )
-    return rows
+            configs[mode, num_steps] = (step, (params, tx.init(params), batches))
+    times = {config: [] for config in configs}
+    memory = {}
+    for _ in range(repeats):
+        for config, (step, args) in configs.items():
+            jax.clear_caches()
+            start = time.perf_counter()
+            compiled = step.lower(*args).compile()
+            times[config].append(time.perf_counter() - start)
+            analysis = compiled.memory_analysis()
+            memory[config] = getattr(analysis, "temp_size_in_bytes", None) if analysis else None
+    return [
+        {
+            "model": name,
+            "mode": mode,
+            "L": num_steps,
+            "compile_seconds": float(np.median(times[mode, num_steps])),
+            "compile_seconds_each": times[mode, num_steps],
+            "temp_bytes": memory[mode, num_steps],
+        }
+        for mode, num_steps in configs
+    ]
 
 
 def time_lenet_lowering(batch_size: int, rounds: int, repeats: int) -> list[dict]:
@@ -313,17 +351,22 @@ def write_results(
         f"- machine: {header['machine']}",
         f"- versions: {header['versions']}",
         f"- date: {header['date']}",
-        f"- L = {args.L}, batch {args.batch_size}; medians of {args.rounds} interleaved rounds x "
-        f"{args.repeats} repeats, after compilation",
-        "",
-        "Ratio = time of one relaxation outer step (L inner steps) / time of L separately "
-        "jitted plain SGD steps on the same mini-batches. Floor: 1.0. For `mnistfc` (no "
-        "convolutions) 'default' and 'rolled scan, no conv rewrite' compile to the same "
-        "program: their difference is this machine's timing noise.",
-        "",
-        "| model | candidate | ms / gradient | ratio | compile (s) |",
-        "| --- | --- | ---: | ---: | ---: |",
     ]
+    if timing:  # not with --scaling-only
+        lines += [
+            f"- L = {args.L}, batch {args.batch_size}; medians of {args.rounds} interleaved "
+            f"rounds x {args.repeats} repeats, after compilation",
+            "",
+            "Ratio = time of one relaxation outer step (L inner steps) / time of L separately "
+            "jitted plain SGD steps on the same mini-batches. Floor: 1.0. For `mnistfc` (no "
+            "convolutions) 'default' and 'rolled scan, no conv rewrite' compile to the same "
+            "program: their difference is this machine's timing noise.",
+            "",
+            "| model | candidate | ms / gradient | ratio | compile (s) |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+    else:
+        lines.append(f"- batch {args.batch_size}")
     for row in timing:
         compile_s = "" if row["compile_seconds"] is None else f"{row['compile_seconds']:.1f}"
         lines.append(
@@ -361,7 +404,8 @@ def write_results(
             "",
             "## Compile time and peak temporary memory against L",
             "",
-            "Median of 3 fresh compilations of the whole outer step (the gradient at x, "
+            f"Median of {1 if args.smoke else args.scaling_repeats} fresh compilations of the "
+            "whole outer step, taken in turns over every row (the gradient at x, "
             "then the transform). With `reuse_gradient=True` (the transform's default) "
             "L = 1 has no inner loop and L ≥ 2 compiles a second copy of the gradient "
             "(the loop body); with `reuse_gradient=False` (what `relaxjax train` uses) "
@@ -417,6 +461,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-scaling", action="store_true", help="skip compile time vs L")
     parser.add_argument("--scaling-only", action="store_true", help="only compile time vs L")
+    parser.add_argument(
+        "--scaling-repeats", type=int, default=3, help="compilations per L (median)"
+    )
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--smoke", action="store_true", help="tiny settings, for the test")
     parser.add_argument(
@@ -468,7 +515,8 @@ def main(argv=None) -> int:
                 noise.append(row)
         if not args.no_scaling:
             steps = (1, 2) if args.smoke else (1, 2, 5, 20, 50)
-            for row in scaling_in_L(name, args.batch_size, steps, 1 if args.smoke else 3):
+            repeats = 1 if args.smoke else args.scaling_repeats
+            for row in scaling_in_L(name, args.batch_size, steps, repeats):
                 print(
                     f"{name:8s} L={row['L']:3d} compile {row['compile_seconds']:.2f}s "
                     f"temp {row['temp_bytes']}",

@@ -218,6 +218,10 @@ def _relaxation(
         optimizer = inner_optimizer if inner_optimizer is not None else optax.sgd(eta)
         key, noise_key = jax.random.split(state.key)
         x = params
+        # Every inner step's noise keys, drawn before the loop (no threefry inside it).
+        step_noise = (
+            None if noiseless else _noise.noise_source(noise_key, x, num_steps, noise_generator)
+        )
 
         def step(carry: _InnerCarry, grads: optax.Updates, i: jax.Array) -> _InnerCarry:
             def total_gradient(g, y, x_):
@@ -230,7 +234,7 @@ def _relaxation(
             moves, optimizer_state = optimizer.update(inner_grads, carry.optimizer_state, carry.y)
             y = optax.apply_updates(carry.y, moves)
             if noise_scale is not None:
-                xi = _noise.gaussian_like(jax.random.fold_in(noise_key, i), y, noise_generator)
+                xi = _noise.gaussian_at_step(step_noise, i, y, noise_generator)
                 y = jax.tree.map(lambda y_, n: y_ + noise_scale.astype(y_.dtype) * n, y, xi)
             average = jax.tree.map(
                 lambda m, y_: (alpha_t * m + (1 - alpha_t) * y_).astype(m.dtype), carry.average, y

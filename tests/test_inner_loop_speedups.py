@@ -1,5 +1,7 @@
 """The two inner-loop speed-ups are exact: hashed Gaussian noise and canonical conv layouts."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -92,6 +94,52 @@ def test_noise_streams_are_independent_and_reproducible():
     bound = 5 / np.sqrt(100_000)
     for x, y in [(first["a"], first["b"]), (first["a"], other["a"]), (first["b"], other["b"])]:
         assert abs(np.corrcoef(x, y)[0, 1]) < bound
+
+
+@pytest.mark.parametrize("generator", _noise.NOISE_GENERATORS)
+def test_per_step_draws_are_independent_normals_and_reproducible(generator):
+    """The inner loop's draws: every step's key material made once, before the loop."""
+    tree = {"a": jnp.zeros((200, 500)), "b": jnp.zeros((100_000,))}
+    key = jax.random.PRNGKey(7)
+    source = jax.jit(_noise.noise_source, static_argnums=(2, 3))(key, tree, 4, generator)
+    at = jax.jit(_noise.gaussian_at_step, static_argnums=3)
+    steps = [at(source, jnp.int32(i), tree, generator) for i in range(4)]
+    np.testing.assert_array_equal(steps[2]["b"], at(source, 2, tree, generator)["b"])
+    if generator == "threefry":  # JAX's own stream, as before: fold_in(key, i)
+        expected = _noise.gaussian_like(jax.random.fold_in(key, 2), tree, generator)
+        np.testing.assert_array_equal(steps[2]["b"], expected["b"])
+    flat = [np.concatenate([np.ravel(z) for z in jax.tree.leaves(d)]) for d in steps]
+    n = flat[0].size
+    for z in flat:
+        assert abs(z.mean()) < 5 / np.sqrt(n) and abs(z.var() - 1) < 5 * np.sqrt(2 / n)
+        assert stats.kstest(z, "norm").pvalue > 1e-3
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert abs(np.corrcoef(flat[i], flat[j])[0, 1]) < 5 / np.sqrt(n)
+    a, b = (np.ravel(steps[0][k]) for k in ("a", "b"))
+    assert abs(np.corrcoef(a, b[: a.size])[0, 1]) < 5 / np.sqrt(a.size)  # leaves too
+    if generator == "hash":  # one threefry call: the words of all steps and leaves
+        assert source.shape == (4, 2, 2) and source.dtype == jnp.uint32
+
+
+def test_the_inner_loop_runs_no_threefry():
+    """The relaxation step's loop body holds the hash draw but no threefry (whose small
+    computations once cost the mnistfc step about as much as the hash)."""
+    tx = relaxjax.local_entropy(gamma=1.0, num_steps=5, step_size=0.1, noise=1e-2)
+    params = {"w": jnp.ones((64, 32))}
+    state = tx.init(params)
+
+    def step(params, state):
+        grad_fn = lambda p, i: jax.tree.map(lambda w: w * (1.0 + i), p)  # noqa: E731
+        return tx.update(params, state, params, grad_fn=grad_fn)
+
+    hlo = jax.jit(step).lower(params, state).compile().as_text()
+    # The inner loop: the while whose carry holds the parameters (threefry has loops too).
+    name = re.search(r"f32\[64,32\][^\n]*while\([^\n]*?body=%?([\w.\-]+)", hlo).group(1)
+    body = re.search(r"\n%?" + re.escape(name) + r" .*?\n}", hlo, re.S).group(0)
+    assert "while/body" in body  # the loop's own instructions (their op names say so)
+    assert "threefry" not in body  # none of them comes from a threefry computation
+    assert "threefry" in hlo  # the key words: drawn before the loop
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
