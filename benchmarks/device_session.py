@@ -16,7 +16,7 @@ Device calls (each at most 10 minutes; ``timeout_s`` a little above ``--seconds`
 
     PYTHONPATH=. python3 benchmarks/device_session.py timings --out $OUT
         inner_loop.py (mnistfc, lenet; allcnn at L = 5) and compare_pytorch.py on the
-        GPU, into $OUT/results/*_gpu.{md,json}, with the GPU's name in environment.txt
+        GPU, into $OUT/results/*_gpu.{md,json}, with the GPU's name in environment_gpu.txt
     PYTHONPATH=. python3 benchmarks/device_session.py cifar --optimizer sgd --seed 0 \\
         --seconds 480 --out $OUT
         the paper table's All-CNN cell on CIFAR-10, resumed from .device/run if a
@@ -157,8 +157,8 @@ def timings(out: Path, seconds: float, smoke: bool, log=print) -> None:
     deadline = time.monotonic() + seconds
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "environment.txt").write_text(environment_text())
-    log((results / "environment.txt").read_text())
+    (results / "environment_gpu.txt").write_text(environment_text())
+    log((results / "environment_gpu.txt").read_text())
     common = ["--out-dir", str(results)]
     inner = [_python(), str(BENCHMARKS / "inner_loop.py"), *common]
     jobs = [

@@ -223,4 +223,4 @@ def test_device_session_round_trip(tmp_path, monkeypatch):
     stems = [c[c.index("--stem") + 1] for c in commands]
     assert len(set(stems)) == 3 and all(s.endswith("_gpu") for s in stems)
     assert "cuda" in commands[2]
-    assert (tmp_path / "gpu" / "results" / "environment.txt").read_text().strip()
+    assert (tmp_path / "gpu" / "results" / "environment_gpu.txt").read_text().strip()
