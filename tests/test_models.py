@@ -316,3 +316,41 @@ def test_lenet_convolution_implementations_agree():
     )
     with pytest.raises(ValueError, match="implementation"):
         models.PatchConv(4, (3, 3), "cudnn").init(jax.random.PRNGKey(0), x)
+
+
+def test_hash_dropout_keeps_the_rate_and_scale():
+    """relaxjax's models drop out with the counter hash: keep probability 1 − rate, kept
+    values scaled by 1/(1 − rate), fresh masks per key, the identity in eval mode."""
+    x = jnp.ones((400, 500))
+    layer = models.HashDropout(0.25)
+    out = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    kept = np.asarray(out) != 0
+    n = kept.size
+    assert abs(kept.mean() - 0.75) < 5 * np.sqrt(0.75 * 0.25 / n)
+    np.testing.assert_allclose(np.asarray(out)[kept], 1 / 0.75, rtol=1e-6)
+    again = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    other = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_array_equal(out, again)
+    agree = (np.asarray(other) != 0) == kept
+    assert abs(agree.mean() - (0.75**2 + 0.25**2)) < 5 * np.sqrt(0.5 / n)  # independent
+    rows = kept.reshape(400, 500).mean(axis=1)  # no structure along the counter
+    assert abs(np.corrcoef(rows[:-1], rows[1:])[0, 1]) < 5 / np.sqrt(400)
+    assert (layer.apply({}, x, deterministic=True) == x).all()
+    rows = models.HashDropout(0.5, broadcast_dims=(1,)).apply(
+        {}, x, deterministic=False, rngs={"dropout": jax.random.key(2)}
+    )
+    assert set(np.unique((np.asarray(rows) != 0).mean(axis=1))) == {0.0, 1.0}  # whole rows
+    assert (models.HashDropout(1.0).apply({}, x, deterministic=False) == 0).all()
+    # Every Dropout of relaxjax's networks is this one (and BatchNorm refresh skips it).
+    module = models.get_module("mnistfc-dr")
+    variables = module.init(jax.random.key(0), jnp.ones((2, 28, 28, 1)))
+    _, tree = module.apply(
+        variables,
+        jnp.ones((2, 28, 28, 1)),
+        train=True,
+        rngs={"dropout": jax.random.key(0)},
+        mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Dropout),
+    )
+    names = list(tree["intermediates"])
+    assert len(names) == 3 and all(n.startswith("HashDropout") for n in names)
