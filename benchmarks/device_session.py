@@ -67,11 +67,12 @@ def prepare(shared_data: Path) -> None:
     source = shared_data / CIFAR_ARCHIVE
     if not source.is_file():
         raise SystemExit(f"{source} not found: pass --shared-data (the folder holding it)")
+    from relaxjax.data.atomic import atomic_write
+
     data = DEVICE_DIR / "data"
-    data.mkdir(parents=True, exist_ok=True)
     if not (data / CIFAR_ARCHIVE).is_file():
-        shutil.copyfile(source, data / f".{CIFAR_ARCHIVE}.tmp")
-        os.replace(data / f".{CIFAR_ARCHIVE}.tmp", data / CIFAR_ARCHIVE)
+        with atomic_write(data / CIFAR_ARCHIVE) as (target, _), open(source, "rb") as f:
+            shutil.copyfileobj(f, target)
     exclude = ROOT / ".git" / "info" / "exclude"
     if exclude.parent.is_dir():
         lines = exclude.read_text().splitlines() if exclude.exists() else []
@@ -142,12 +143,10 @@ def environment_text() -> str:
         lines.append(gpus.stdout.strip() or gpus.stderr.strip())
     except (OSError, subprocess.TimeoutExpired) as e:
         lines.append(f"nvidia-smi: {e}")
-    probe = (
-        "import jax, jaxlib, flax, optax, relaxjax; "
-        "print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__,"
-        " 'optax', optax.__version__, 'relaxjax', relaxjax.__version__); print(jax.devices())"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The machine and versions lines every benchmark record carries (benchmarks/_env.py),
+    # in a child process: importing JAX here would start its backend in this one.
+    probe = "import _env; print(*_env.environment().values(), sep='\\n')"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(BENCHMARKS)])}
     found = subprocess.run([_python(), "-c", probe], capture_output=True, text=True, env=env)
     lines.append((found.stdout + found.stderr).strip())
     return "\n".join(lines) + "\n"

@@ -121,6 +121,42 @@ def _timed(fn, *args, repeats: int) -> list[float]:
     return times
 
 
+def interleaved_medians(runners: dict, rounds: int, repeats: int) -> dict:
+    """Median seconds of each ``runners[label] = (fn, args)`` call, after a warm-up call of
+    each: ``rounds`` rounds over all of them in turn, so drifts in machine load hit all
+    alike, ``repeats`` timed calls per runner and round."""
+    for fn, args in runners.values():
+        jax.block_until_ready(fn(*args))
+    samples = {label: [] for label in runners}
+    for _ in range(rounds):
+        for label, (fn, args) in runners.items():
+            samples[label] += _timed(fn, *args, repeats=repeats)
+    return {label: float(np.median(s)) for label, s in samples.items()}
+
+
+def sgd_baseline(grad, params, batches, num_steps: int, compiler_options=None):
+    """The ratios' denominator: ``num_steps`` separately jitted plain SGD steps on the
+    same mini-batches, as ``(run, args)``; the step is compiled with ``compiler_options``
+    when given (``jax.jit(...).lower(...).compile``)."""
+    sgd = optax.sgd(0.1)
+
+    def sgd_step(params, state, batches, i):
+        updates, state = sgd.update(grad(params, batches, i), state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = sgd.init(params)
+    step = jax.jit(sgd_step)
+    if compiler_options is not None:
+        step = step.lower(params, state, batches, 0).compile(compiler_options)
+
+    def run(params, state, batches):
+        for i in range(num_steps):
+            params, state = step(params, state, batches, i)
+        return params
+
+    return run, (params, state, batches)
+
+
 def _relaxation_step(grad, num_steps: int, **options):
     tx = optax.chain(
         relaxjax.local_entropy(gamma=1.0, num_steps=num_steps, step_size=0.1, **options),
@@ -141,20 +177,7 @@ def time_candidates(
     name: str, num_steps: int, batch_size: int, rounds: int, repeats: int, candidates=None
 ):
     params, batches, grad = _problem(name, num_steps, batch_size)
-    sgd = optax.sgd(0.1)
-
-    @jax.jit
-    def sgd_step(params, state, batches, i):
-        updates, state = sgd.update(grad(params, batches, i), state, params)
-        return optax.apply_updates(params, updates), state
-
-    def baseline(params, batches):
-        state = sgd.init(params)
-        for i in range(num_steps):
-            params, state = sgd_step(params, state, batches, i)
-        return params
-
-    runners = {"baseline: L jitted SGD steps": (baseline, (params, batches))}
+    runners = {"baseline: L jitted SGD steps": sgd_baseline(grad, params, batches, num_steps)}
     compile_seconds = {}
     for label, options in (candidates or CANDIDATES).items():
         options = dict(options)
@@ -167,13 +190,7 @@ def time_candidates(
             compile_seconds[label] = time.perf_counter() - start
         # The reference runs its compiled program: calling ``step`` would trace it anew.
         runners[label] = (compiled if keys_in_the_loop else step, (params, state, batches))
-    for fn, args in runners.values():  # warm up (compile) everything first
-        jax.block_until_ready(fn(*args))
-    samples = {label: [] for label in runners}
-    for _ in range(rounds):  # interleaved, so drifts in machine load hit all alike
-        for label, (fn, args) in runners.items():
-            samples[label] += _timed(fn, *args, repeats=repeats)
-    medians = {label: float(np.median(s)) for label, s in samples.items()}
+    medians = interleaved_medians(runners, rounds, repeats)
     base = medians["baseline: L jitted SGD steps"]
     return [
         {
@@ -229,28 +246,26 @@ def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dic
     def loop(draw):
         return jax.jit(noise_loop(with_lax_erf_inv if draw == "lax" else draw, num_steps))
 
-    runners = {
-        "axpy only (no draw)": loop(None),
-        "hash noise (default)": loop("hash"),
-        "hash noise through jax.lax.erf_inv": loop("lax"),
-        "threefry noise": loop("threefry"),
-    }
     key = jax.random.PRNGKey(0)
-    for fn in runners.values():
-        jax.block_until_ready(fn(key, params))
-    samples = {label: [] for label in runners}
-    for _ in range(rounds):
-        for label, fn in runners.items():
-            samples[label] += _timed(fn, key, params, repeats=repeats)
+    runners = {
+        label: (loop(draw), (key, params))
+        for label, draw in (
+            ("axpy only (no draw)", None),
+            ("hash noise (default)", "hash"),
+            ("hash noise through jax.lax.erf_inv", "lax"),
+            ("threefry noise", "threefry"),
+        )
+    }
+    medians = interleaved_medians(runners, rounds, repeats)
     size = sum(leaf.size for leaf in jax.tree.leaves(params))
     return [
         {
             "model": name,
             "work": label,
             "parameters": int(size),
-            "ms_per_inner_step": 1e3 * float(np.median(s)) / num_steps,
+            "ms_per_inner_step": 1e3 * m / num_steps,
         }
-        for label, s in samples.items()
+        for label, m in medians.items()
     ]
 
 
@@ -310,15 +325,11 @@ def time_lenet_lowering(batch_size: int, rounds: int, repeats: int) -> list[dict
             model = models.functional(models.LeNet(conv_implementation=conv))
             params, batches, grad = _problem("lenet", 1, batch_size, model)
             step = jax.jit(grad)
-            jax.block_until_ready(step(params, batches, 0))
+            jax.block_until_ready(step(params, batches, 0))  # traced while the pool is set
         finally:
             models.max_pool_tiles = original
         runners[label] = (step, (params, batches, 0))
-    samples = {label: [] for label in runners}
-    for _ in range(rounds):
-        for label, (fn, args) in runners.items():
-            samples[label] += _timed(fn, *args, repeats=repeats)
-    medians = {label: float(np.median(s)) for label, s in samples.items()}
+    medians = interleaved_medians(runners, rounds, repeats)
     first = next(iter(medians.values()))
     return [
         {"layers": label, "ms_per_gradient": 1e3 * m, "ratio": m / first}

@@ -183,31 +183,22 @@ def in_process(models: list[str], L: int, batch_size: int, rounds: int, repeats:
     """Per model and vector width: L jitted SGD steps, the noisy and noise-free relaxation
     step and the draw loop, each compiled with that width, all timed interleaved."""
     import jax
-    import optax
-    from inner_loop import _problem, _relaxation_step, _timed, noise_loop
+    from inner_loop import (
+        _problem,
+        _relaxation_step,
+        interleaved_medians,
+        noise_loop,
+        sgd_baseline,
+    )
 
     rows = []
     for name in models:
         params, batches, grad = _problem(name, L, batch_size)
-        sgd = optax.sgd(0.1)
-
-        def sgd_step(params, state, batches, i, grad=grad, sgd=sgd):
-            updates, state = sgd.update(grad(params, batches, i), state, params)
-            return optax.apply_updates(params, updates), state
-
         runners, compile_seconds = {}, {}
         key = jax.random.PRNGKey(0)
         for width in WIDTHS:
             options = {VECTOR_WIDTH_FLAG.removeprefix("--"): width}
-            state = sgd.init(params)
-            step = jax.jit(sgd_step).lower(params, state, batches, 0).compile(options)
-
-            def baseline(params, state, batches, step=step):
-                for i in range(L):
-                    params, state = step(params, state, batches, i)
-                return params
-
-            runners[width, "baseline"] = (baseline, (params, state, batches))
+            runners[width, "baseline"] = sgd_baseline(grad, params, batches, L, options)
             for label, extra in (("noisy", {}), ("noise_free", {"noise": 0.0})):
                 tx, relaxed = _relaxation_step(grad, L, **extra)
                 tx_state = tx.init(params)
@@ -217,13 +208,8 @@ def in_process(models: list[str], L: int, batch_size: int, rounds: int, repeats:
                 runners[width, label] = (compiled, (params, tx_state, batches))
             draw = jax.jit(noise_loop("hash", L)).lower(key, params).compile(options)
             runners[width, "draw"] = (draw, (key, params))
-        for fn, args in runners.values():
-            jax.block_until_ready(fn(*args))
-        samples = {label: [] for label in runners}
-        for _ in range(rounds):
-            for label, (fn, args) in runners.items():
-                samples[label] += _timed(fn, *args, repeats=repeats)
-        ms = {label: 1e3 * statistics.median(s) / L for label, s in samples.items()}
+        medians = interleaved_medians(runners, rounds, repeats)
+        ms = {label: 1e3 * m / L for label, m in medians.items()}
         for width in WIDTHS:
             base = ms[width, "baseline"]
             rows.append(
