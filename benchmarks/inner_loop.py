@@ -62,7 +62,16 @@ CANDIDATES = {
     "hash noise keyed by threefry inside the loop (relaxjax before 2026-11-30)": {
         "keys_in_the_loop": True
     },
+    "default with flax's nn.Dropout masks (threefry; relaxjax before 2026-11-30)": {
+        "flax_dropout": True
+    },
 }
+BASELINE = "baseline: L jitted SGD steps"
+# Timed beside the baseline when a candidate uses flax's dropout masks.
+FLAX_DROPOUT_BASELINE = (
+    "reference baseline: L jitted SGD steps with flax's nn.Dropout masks "
+    "(relaxjax before 2026-11-30)"
+)
 
 
 @contextlib.contextmanager
@@ -88,6 +97,25 @@ def _threefry_keys_in_the_loop():
         yield
     finally:
         _noise.noise_source, _noise.gaussian_at_step = saved
+
+
+@contextlib.contextmanager
+def _flax_dropout():
+    """Traces the networks as relaxjax did before 2026-11-30: with flax's ``nn.Dropout``,
+    whose masks are threefry bits, instead of ``models.HashDropout``. The networks look
+    ``HashDropout`` up when they are traced. A reference: what the hashed masks save."""
+    import flax.linen as nn
+
+    saved = models.HashDropout
+    models.HashDropout = nn.Dropout
+    try:
+        yield
+    finally:
+        models.HashDropout = saved
+
+
+# The reference switches of CANDIDATES: each traces the step as relaxjax did before a change.
+REFERENCES = {"keys_in_the_loop": _threefry_keys_in_the_loop, "flax_dropout": _flax_dropout}
 
 
 # Compile-time modes: the transform's default, and what ``relaxjax train`` uses.
@@ -177,21 +205,28 @@ def time_candidates(
     name: str, num_steps: int, batch_size: int, rounds: int, repeats: int, candidates=None
 ):
     params, batches, grad = _problem(name, num_steps, batch_size)
-    runners = {"baseline: L jitted SGD steps": sgd_baseline(grad, params, batches, num_steps)}
+    candidates = candidates or CANDIDATES
+    runners = {BASELINE: sgd_baseline(grad, params, batches, num_steps)}
+    if any(options.get("flax_dropout") for options in candidates.values()):
+        with _flax_dropout():  # compiled now, while traced with flax's dropout
+            runners[FLAX_DROPOUT_BASELINE] = sgd_baseline(grad, params, batches, num_steps, {})
     compile_seconds = {}
-    for label, options in (candidates or CANDIDATES).items():
+    for label, options in candidates.items():
         options = dict(options)
-        keys_in_the_loop = options.pop("keys_in_the_loop", False)
+        switches = [REFERENCES[switch] for switch in REFERENCES if options.pop(switch, False)]
         tx, step = _relaxation_step(grad, num_steps, **options)
         state = tx.init(params)
-        with _threefry_keys_in_the_loop() if keys_in_the_loop else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            for switch in switches:
+                stack.enter_context(switch())
             start = time.perf_counter()
             compiled = step.lower(params, state, batches).compile()
             compile_seconds[label] = time.perf_counter() - start
-        # The reference runs its compiled program: calling ``step`` would trace it anew.
-        runners[label] = (compiled if keys_in_the_loop else step, (params, state, batches))
+        # Every candidate runs its compiled program (calling ``step`` would trace a
+        # reference anew, without its switch).
+        runners[label] = (compiled, (params, state, batches))
     medians = interleaved_medians(runners, rounds, repeats)
-    base = medians["baseline: L jitted SGD steps"]
+    base = medians[BASELINE]
     return [
         {
             "model": name,
@@ -371,7 +406,10 @@ def write_results(
             "Ratio = time of one relaxation outer step (L inner steps) / time of L separately "
             "jitted plain SGD steps on the same mini-batches. Floor: 1.0. For `mnistfc` (no "
             "convolutions) 'default' and 'rolled scan, no conv rewrite' compile to the same "
-            "program: their difference is this machine's timing noise.",
+            "program: their difference is this machine's timing noise. Rows marked 'relaxjax "
+            "before' trace the step as it was before a change, in this process; the "
+            "'reference baseline' is the SGD steps so traced (flax's dropout masks), so "
+            "its ratio is what the hashed masks save a plain SGD step.",
             "",
             "| model | candidate | ms / gradient | ratio | compile (s) |",
             "| --- | --- | ---: | ---: | ---: |",
@@ -386,9 +424,7 @@ def write_results(
         )
     if noise:
         baseline = {
-            row["model"]: row["ms_per_gradient"]
-            for row in timing
-            if row["candidate"].startswith("baseline")
+            row["model"]: row["ms_per_gradient"] for row in timing if row["candidate"] == BASELINE
         }
         lines += [
             "",

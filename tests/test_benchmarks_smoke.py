@@ -39,6 +39,30 @@ def test_inner_loop_benchmark_smoke(tmp_path):
     assert "| mnistfc |" in (tmp_path / "inner_loop.md").read_text()
 
 
+def test_inner_loop_flax_dropout_reference_traces_threefry_masks():
+    """The 'relaxjax before' dropout row really traces flax's threefry masks (one
+    ``random_bits`` per activation), and the switch restores the hashed masks after."""
+    import re
+
+    import jax
+
+    from relaxjax import models
+
+    inner_loop = _load("inner_loop")
+
+    def mask_bits_shapes():
+        params, batches, grad = inner_loop._problem("mnistfc", 1, 4)
+        jaxpr = str(jax.make_jaxpr(lambda p: grad(p, batches, 0))(params))
+        return set(re.findall(r"random_bits\[bit_width=32 shape=(\([^)]*\))", jaxpr))
+
+    hashed = models.HashDropout
+    assert mask_bits_shapes() == {"(2,)"}  # the hash's key words only
+    with inner_loop._flax_dropout():
+        assert {"(4, 784)", "(4, 1024)"} <= mask_bits_shapes()
+    assert models.HashDropout is hashed and mask_bits_shapes() == {"(2,)"}
+    assert any(o.get("flax_dropout") for o in inner_loop.CANDIDATES.values())
+
+
 def test_paper_table_runner_smoke(tmp_path):
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     data_args = ["--data-dir", str(shared)] if shared.is_dir() else []
