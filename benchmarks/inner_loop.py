@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -124,12 +125,29 @@ SCALING_MODES = {"reuse_gradient=True (default)": True, "reuse_gradient=False (t
 
 
 def _problem(name: str, num_steps: int, batch_size: int, model=None):
-    model = model or models.get_model(name)
+    """``(params, batches, grad)`` of network ``name`` (or ``model``) on random batches; the
+    same arguments give the same arrays, built once (:func:`_cached_problem`)."""
+    if model is None:
+        return _cached_problem(name, num_steps, batch_size)
+    return _build_problem(name, num_steps, batch_size, model)
+
+
+@functools.cache
+def _cached_problem(name: str, num_steps: int, batch_size: int):
+    return _build_problem(name, num_steps, batch_size, models.get_model(name))
+
+
+def _build_problem(name: str, num_steps: int, batch_size: int, model):
     shape = models.INPUT_SHAPES[name]
-    images = jax.random.normal(jax.random.PRNGKey(0), (num_steps, batch_size, *shape))
-    labels = jax.random.randint(jax.random.PRNGKey(1), (num_steps, batch_size), 0, 10)
-    keys = jax.random.split(jax.random.PRNGKey(2), num_steps)
-    params, model_state = model.init(jax.random.PRNGKey(3), images[0, :1])
+
+    @jax.jit  # one compilation instead of one per eager operation of Flax's init
+    def make():
+        images = jax.random.normal(jax.random.PRNGKey(0), (num_steps, batch_size, *shape))
+        labels = jax.random.randint(jax.random.PRNGKey(1), (num_steps, batch_size), 0, 10)
+        keys = jax.random.split(jax.random.PRNGKey(2), num_steps)
+        return images, labels, keys, model.init(jax.random.PRNGKey(3), images[0, :1])
+
+    images, labels, keys, (params, model_state) = make()
 
     def loss(p, batches, i):
         """Loss on mini-batch i; the batches are an argument of the jitted step (as in
@@ -283,12 +301,24 @@ def noise_loop(draw, num_steps: int):
     return run
 
 
-def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dict]:
+# The noise table's rows: label -> the draw (None: none; "lax": the hash through lax.erf_inv).
+NOISE_WORK = {
+    "axpy only (no draw)": None,
+    "hash noise (default)": "hash",
+    "hash noise through jax.lax.erf_inv": "lax",
+    "threefry noise": "threefry",
+}
+
+
+def time_noise(
+    name: str, num_steps: int, rounds: int, repeats: int, works=tuple(NOISE_WORK)
+) -> list[dict]:
     """The Langevin noise alone: L inner steps of y ← y + σ ξ inside ``lax.scan``.
 
     Per inner step this is the work the noise adds to the relaxation (the draw of
     one normal per parameter and one fused multiply-add); ``axpy only`` is the
-    same loop without the draw (y ← a y + b, the vector-work floor).
+    same loop without the draw (y ← a y + b, the vector-work floor). ``works``: the
+    rows of ``NOISE_WORK`` to time.
     """
     from relaxjax import _noise
 
@@ -306,15 +336,7 @@ def time_noise(name: str, num_steps: int, rounds: int, repeats: int) -> list[dic
         return jax.jit(noise_loop(with_lax_erf_inv if draw == "lax" else draw, num_steps))
 
     key = jax.random.PRNGKey(0)
-    runners = {
-        label: (loop(draw), (key, params))
-        for label, draw in (
-            ("axpy only (no draw)", None),
-            ("hash noise (default)", "hash"),
-            ("hash noise through jax.lax.erf_inv", "lax"),
-            ("threefry noise", "threefry"),
-        )
-    }
+    runners = {label: (loop(NOISE_WORK[label]), (key, params)) for label in works}
     medians = interleaved_medians(runners, rounds, repeats)
     size = sum(leaf.size for leaf in jax.tree.leaves(params))
     return [
@@ -551,6 +573,13 @@ def main(argv=None) -> int:
         metavar="PREFIX",
         help="time only the candidates whose names start with these prefixes [all]",
     )
+    parser.add_argument(
+        "--noise-work",
+        nargs="+",
+        default=None,
+        metavar="PREFIX",
+        help="time only the noise-table rows whose names start with these prefixes [all]",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.L, args.batch_size, args.rounds, args.repeats = ["mnistfc"], 2, 4, 1, 1
@@ -565,6 +594,13 @@ def main(argv=None) -> int:
         }
         if not candidates:
             parser.error(f"no candidate starts with {args.candidates}; see CANDIDATES")
+    works = tuple(
+        label
+        for label in NOISE_WORK
+        if args.noise_work is None or any(label.startswith(p) for p in args.noise_work)
+    )
+    if not works:
+        parser.error(f"no noise-table row starts with {args.noise_work}; see NOISE_WORK")
     timing, scaling, noise = [], [], []
     for name in args.models:
         rows = (
@@ -582,7 +618,7 @@ def main(argv=None) -> int:
             )
         timing += rows
         if not args.scaling_only:
-            for row in time_noise(name, args.L, args.rounds, args.repeats):
+            for row in time_noise(name, args.L, args.rounds, args.repeats, works):
                 print(
                     f"{name:8s} {row['work']:52s} {row['ms_per_inner_step']:8.2f} ms/step",
                     flush=True,

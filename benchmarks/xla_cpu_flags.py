@@ -67,7 +67,8 @@ def run_once(setting: str, models: list[str], rounds: int, smoke: bool, out_dir:
     env = dict(os.environ, XLA_FLAGS=f"{SCHEDULER_FLAG}=false {SETTINGS[setting][1]}")
     command = [sys.executable, str(HERE / "inner_loop.py"), "--no-scaling"]
     command += ["--smoke"] if smoke else ["--models", *models, "--rounds", str(rounds)]
-    command += ["--candidates", "default", "no noise", "--out-dir", str(out_dir)]
+    command += ["--candidates", "default", "no noise", "--noise-work", DRAW]
+    command += ["--out-dir", str(out_dir)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"inner_loop.py under {setting} failed:\n{done.stderr[-3000:]}")
