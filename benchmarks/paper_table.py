@@ -175,6 +175,11 @@ def run_one(config: TrainConfig, run_dir: Path) -> Path:
     return run_dir
 
 
+# How this code's networks draw dropout masks, kept in every record: since 2026-11-30 the
+# counter hash of relaxjax.models.HashDropout; before, flax's nn.Dropout (threefry bits).
+DROPOUT_MASKS = "hash (relaxjax.models.HashDropout)"
+
+
 def record(run_dir: Path, records_dir: Path) -> Path:
     """Copies a run's ``config.json`` and ``metrics.jsonl`` (not its checkpoints) into
     ``records_dir``: the committed record the table is built from."""
@@ -184,8 +189,22 @@ def record(run_dir: Path, records_dir: Path) -> Path:
         tmp = target / f".{name}.tmp"
         shutil.copyfile(run_dir / name, tmp)
         os.replace(tmp, target / name)
-    write_json_atomic(target / "environment.json", environment(date_key="recorded"))
+    write_json_atomic(
+        target / "environment.json",
+        {**environment(date_key="recorded"), "dropout_masks": DROPOUT_MASKS},
+    )
     return target
+
+
+def hash_dropout_runs(run_dirs: list[Path]) -> list[str]:
+    """The recorded runs whose environment says their dropout masks came from the hash
+    (``DROPOUT_MASKS``); records without the field predate it and drew flax's masks."""
+    found = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "environment.json"
+        if path.exists() and json.loads(path.read_text()).get("dropout_masks") == DROPOUT_MASKS:
+            found.append(Path(run_dir).name)
+    return found
 
 
 def run_machines(run_dirs: list[Path]) -> list[str]:
@@ -275,6 +294,7 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
     (out_dir / "paper_table.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
     if run_dirs:
         plot_runs(run_dirs, out_dir / "paper_table.png")
+    hashed = hash_dropout_runs(run_dirs)
     lines = [
         "# The paper's table (relaxjax)",
         "",
@@ -323,6 +343,19 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
                 "",
             ]
             if any(DATASETS.get(r["model"]) == "cifar10-jpeg" for r in rows)
+            else []
+        ),
+        *(
+            [
+                f"Dropout masks: the run{'s' if len(hashed) > 1 else ''} "
+                + ", ".join(f"`{name}`" for name in hashed)
+                + " drew them with relaxjax's counter hash (`relaxjax.models.HashDropout`, "
+                "the networks' dropout since 2026-11-30), the others with flax's `nn.Dropout` "
+                "(threefry bits): the same Bernoulli masks in distribution, different "
+                "streams for the same seed.",
+                "",
+            ]
+            if hashed
             else []
         ),
         "'optimizer' `hj`: relaxjax's `hopf_lax`, noise-free gradient descent on the "

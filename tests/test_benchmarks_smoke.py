@@ -77,6 +77,8 @@ def test_paper_table_runner_smoke(tmp_path):
     assert (tmp_path / "paper_table.png").stat().st_size > 10_000
     assert "| 1 / 1 |" in table  # every seed reached the budget
     assert "- runs trained on: " in table and "cores" in table
+    # Every run recorded now says how its dropout masks were drawn, and the table says it.
+    assert "Dropout masks: the runs `mnistfc-dr-hj-s0`, `mnistfc-dr-hj-s1` drew them" in table
     environment = json.loads(
         (tmp_path / "paper_runs" / "mnistfc-dr-hj-s1" / "environment.json").read_text()
     )
