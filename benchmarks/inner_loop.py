@@ -7,7 +7,10 @@ after compilation, interleaved over rounds:
   (gradient + ``optax.sgd`` update) on the same L mini-batches;
 * one jitted outer step of ``relaxjax.local_entropy`` (L inner steps) for the
   inner-loop candidates: rolled ``lax.scan`` with and without the canonical
-  convolution rewrite, partial and full unrolling, and both noise generators.
+  convolution rewrite, partial and full unrolling, and both noise generators;
+* references: the baseline's SGD steps inside one ``lax.scan`` (what a loop alone
+  changes), and the step and the baseline traced as relaxjax was before a change
+  (``REFERENCES``: noise keys drawn inside the loop, flax's threefry dropout masks).
 
 The ratio's floor is 1.0 (the relaxation adds only O(parameters) vector work
 per inner step). It also records, for the default configuration, compile time
@@ -181,16 +184,23 @@ def interleaved_medians(runners: dict, rounds: int, repeats: int) -> dict:
     return {label: float(np.median(s)) for label, s in samples.items()}
 
 
+def _sgd_step(grad):
+    """``(sgd, step)``: plain ``optax.sgd`` and one step of it on mini-batch i, the unit
+    both SGD references repeat."""
+    sgd = optax.sgd(0.1)
+
+    def step(params, state, batches, i):
+        updates, state = sgd.update(grad(params, batches, i), state, params)
+        return optax.apply_updates(params, updates), state
+
+    return sgd, step
+
+
 def sgd_baseline(grad, params, batches, num_steps: int, compiler_options=None):
     """The ratios' denominator: ``num_steps`` separately jitted plain SGD steps on the
     same mini-batches, as ``(run, args)``; the step is compiled with ``compiler_options``
     when given (``jax.jit(...).lower(...).compile``)."""
-    sgd = optax.sgd(0.1)
-
-    def sgd_step(params, state, batches, i):
-        updates, state = sgd.update(grad(params, batches, i), state, params)
-        return optax.apply_updates(params, updates), state
-
+    sgd, sgd_step = _sgd_step(grad)
     state = sgd.init(params)
     step = jax.jit(sgd_step)
     if compiler_options is not None:
@@ -209,14 +219,12 @@ def sgd_scan(grad, params, batches, num_steps: int):
     jitted ``lax.scan``, as ``(run, args)``: what a loop, rather than the relaxation's
     arithmetic, changes (no dispatch or fresh buffers per step; the loop body's
     scheduling and copies)."""
-    sgd = optax.sgd(0.1)
+    sgd, sgd_step = _sgd_step(grad)
 
     @jax.jit
     def run(params, state, batches):
         def body(carry, i):
-            params, state = carry
-            updates, state = sgd.update(grad(params, batches, i), state, params)
-            return (optax.apply_updates(params, updates), state), None
+            return sgd_step(*carry, batches, i), None
 
         return jax.lax.scan(body, (params, state), jax.numpy.arange(num_steps))[0][0]
 

@@ -64,6 +64,21 @@ def test_inner_loop_flax_dropout_reference_traces_threefry_masks():
     assert any(o.get("flax_dropout") for o in inner_loop.CANDIDATES.values())
 
 
+def test_inner_loop_scan_reference_runs_the_baselines_sgd_steps():
+    """The 'lax.scan' reference row times the very SGD steps of the baseline."""
+    import jax
+
+    inner_loop = _load("inner_loop")
+    params, batches, grad = inner_loop._problem("mnistfc", 3, 4)
+    separate, separate_args = inner_loop.sgd_baseline(grad, params, batches, 3)
+    scanned, scanned_args = inner_loop.sgd_scan(grad, params, batches, 3)
+    after_separate, after_scan = separate(*separate_args), scanned(*scanned_args)
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), after_separate, params)
+    assert max(jax.tree.leaves(moved)) > 0  # the steps did move the weights
+    for a, b in zip(jax.tree.leaves(after_separate), jax.tree.leaves(after_scan), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_paper_table_runner_smoke(tmp_path):
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     data_args = ["--data-dir", str(shared)] if shared.is_dir() else []
