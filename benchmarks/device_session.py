@@ -67,12 +67,11 @@ def prepare(shared_data: Path) -> None:
     source = shared_data / CIFAR_ARCHIVE
     if not source.is_file():
         raise SystemExit(f"{source} not found: pass --shared-data (the folder holding it)")
-    from relaxjax.data.atomic import atomic_write
+    from relaxjax.data.atomic import atomic_copy
 
     data = DEVICE_DIR / "data"
     if not (data / CIFAR_ARCHIVE).is_file():
-        with atomic_write(data / CIFAR_ARCHIVE) as (target, _), open(source, "rb") as f:
-            shutil.copyfileobj(f, target)
+        atomic_copy(source, data / CIFAR_ARCHIVE)
     exclude = ROOT / ".git" / "info" / "exclude"
     if exclude.parent.is_dir():
         lines = exclude.read_text().splitlines() if exclude.exists() else []

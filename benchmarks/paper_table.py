@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import shutil
 import statistics
 import sys
 import time
@@ -47,6 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from relaxjax import cli
+from relaxjax.data.atomic import atomic_copy
 from relaxjax.optimizers import INNER_SGD_RELAXATIONS
 from relaxjax.plot import plot_runs
 from relaxjax.train import (
@@ -186,9 +185,7 @@ def record(run_dir: Path, records_dir: Path) -> Path:
     target = records_dir / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "metrics.jsonl"):
-        tmp = target / f".{name}.tmp"
-        shutil.copyfile(run_dir / name, tmp)
-        os.replace(tmp, target / name)
+        atomic_copy(run_dir / name, target / name)
     write_json_atomic(
         target / "environment.json",
         {**environment(date_key="recorded"), "dropout_masks": DROPOUT_MASKS},
@@ -196,23 +193,27 @@ def record(run_dir: Path, records_dir: Path) -> Path:
     return target
 
 
+def _recorded_environment(run_dir: Path) -> dict:
+    """A record's ``environment.json`` ({} for records made before it existed)."""
+    path = Path(run_dir) / "environment.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def hash_dropout_runs(run_dirs: list[Path]) -> list[str]:
     """The recorded runs whose environment says their dropout masks came from the hash
     (``DROPOUT_MASKS``); records without the field predate it and drew flax's masks."""
-    found = []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "environment.json"
-        if path.exists() and json.loads(path.read_text()).get("dropout_masks") == DROPOUT_MASKS:
-            found.append(Path(run_dir).name)
-    return found
+    return [
+        Path(run_dir).name
+        for run_dir in run_dirs
+        if _recorded_environment(run_dir).get("dropout_masks") == DROPOUT_MASKS
+    ]
 
 
 def run_machines(run_dirs: list[Path]) -> list[str]:
     """The distinct machine lines the recorded runs were trained on."""
     found = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "environment.json"
-        line = json.loads(path.read_text())["machine"] if path.exists() else "not recorded"
+        line = _recorded_environment(run_dir).get("machine", "not recorded")
         if line not in found:
             found.append(line)
     return found

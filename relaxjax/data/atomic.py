@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_copy", "atomic_write"]
 
 
 @contextlib.contextmanager
@@ -40,3 +41,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, Path]]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copies the file ``source`` to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path) as (target, _), open(source, "rb") as f:
+        shutil.copyfileobj(f, target)
