@@ -127,20 +127,15 @@ REFERENCES = {"keys_in_the_loop": _threefry_keys_in_the_loop, "flax_dropout": _f
 SCALING_MODES = {"reuse_gradient=True (default)": True, "reuse_gradient=False (train)": False}
 
 
-def _problem(name: str, num_steps: int, batch_size: int, model=None):
-    """``(params, batches, grad)`` of network ``name`` (or ``model``) on random batches; the
-    same arguments give the same arrays, built once (:func:`_cached_problem`)."""
-    if model is None:
-        return _cached_problem(name, num_steps, batch_size)
-    return _build_problem(name, num_steps, batch_size, model)
-
-
 @functools.cache
-def _cached_problem(name: str, num_steps: int, batch_size: int):
+def _problem(name: str, num_steps: int, batch_size: int):
+    """``(params, batches, grad)`` of network ``name`` on random batches, built once per
+    arguments."""
     return _build_problem(name, num_steps, batch_size, models.get_model(name))
 
 
 def _build_problem(name: str, num_steps: int, batch_size: int, model):
+    """:func:`_problem` for ``model`` (a variant of network ``name``'s layers)."""
     shape = models.INPUT_SHAPES[name]
 
     @jax.jit  # one compilation instead of one per eager operation of Flax's init
@@ -412,7 +407,7 @@ def time_lenet_lowering(batch_size: int, rounds: int, repeats: int) -> list[dict
         models.max_pool_tiles = pool  # LeNet looks the pooling up when it is traced
         try:
             model = models.functional(models.LeNet(conv_implementation=conv))
-            params, batches, grad = _problem("lenet", 1, batch_size, model)
+            params, batches, grad = _build_problem("lenet", 1, batch_size, model)
             step = jax.jit(grad)
             jax.block_until_ready(step(params, batches, 0))  # traced while the pool is set
         finally:
@@ -475,10 +470,9 @@ def write_results(
         lines.append(f"- batch {args.batch_size}")
     for row in timing:
         compile_s = "" if row["compile_seconds"] is None else f"{row['compile_seconds']:.1f}"
-        to_scan = f"{row['ratio_to_scan']:.2f}" if "ratio_to_scan" in row else ""
         lines.append(
             f"| {row['model']} | {row['candidate']} | {row['ms_per_gradient']:.1f} | "
-            f"{row['ratio_to_baseline']:.2f} | {to_scan} | {compile_s} |"
+            f"{row['ratio_to_baseline']:.2f} | {row['ratio_to_scan']:.2f} | {compile_s} |"
         )
     if noise:
         baseline = {

@@ -40,6 +40,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import command_line, environment  # noqa: E402
+from inner_loop import (  # noqa: E402
+    BASELINE,
+    CANDIDATES,
+    NOISE_WORK,
+    _problem,
+    _relaxation_step,
+    interleaved_medians,
+    noise_loop,
+    sgd_baseline,
+)
 
 from relaxjax.xla_cpu import SCHEDULER_FLAG, VECTOR_WIDTH_FLAG, has_avx512  # noqa: E402
 
@@ -55,10 +65,11 @@ SETTINGS = {
     "w512-i4": ("512-bit vectors, interleave 4", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE}4"),
     "w512-i8": ("512-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE}8"),
 }
+# The labels of inner_loop.py's rows this script reads.
 DEFAULT = "default (rolled scan, canonical convs, hash noise)"
 NOISE_FREE = "no noise (Hopf-Lax cost)"
-BASELINE = "baseline: L jitted SGD steps"
 DRAW = "hash noise (default)"
+assert {DEFAULT, NOISE_FREE} <= set(CANDIDATES) and DRAW in NOISE_WORK
 
 
 def run_once(setting: str, models: list[str], rounds: int, smoke: bool, out_dir: Path) -> dict:
@@ -184,13 +195,6 @@ def in_process(models: list[str], L: int, batch_size: int, rounds: int, repeats:
     """Per model and vector width: L jitted SGD steps, the noisy and noise-free relaxation
     step and the draw loop, each compiled with that width, all timed interleaved."""
     import jax
-    from inner_loop import (
-        _problem,
-        _relaxation_step,
-        interleaved_medians,
-        noise_loop,
-        sgd_baseline,
-    )
 
     rows = []
     for name in models:
