@@ -19,9 +19,10 @@ resolution ``jax.random.normal`` has. The per-step, per-leaf keys come from
 threefry, so streams for different seeds, outer steps, inner steps and leaves
 are independent for practical purposes. The inner loop draws the words of all
 its steps and leaves with one threefry call before the loop
-(:func:`noise_source`), so the loop body itself runs no threefry: with one
-call per step and leaf, those small computations cost the ``mnistfc`` step
-about as much as the hash itself on a 2-core CPU. The distribution is
+(:func:`noise_source`), so the loop body itself runs no threefry (one small
+threefry computation per step and leaf lengthens compilation; the reference
+row "hash noise keyed by threefry inside the loop" of
+``benchmarks/inner_loop.py`` times it). The distribution is
 tested (moments, Kolmogorov-Smirnov, tails, correlations, erf⁻¹ on its whole
 input grid) in ``tests/test_inner_loop_speedups.py``.
 

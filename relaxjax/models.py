@@ -184,10 +184,10 @@ class HashDropout(nn.Dropout):
     Keeps each input with probability 1 − ``rate`` and scales it by 1/(1 − ``rate``),
     like ``nn.Dropout``; the per-call key still comes from the ``"dropout"`` RNG stream,
     but the mask (one uniform per activation) is the hash of ``relaxjax._noise`` keyed by
-    two words of that key, on the 2⁻²⁴ grid of ``jax.random.uniform``. On a 2-core CPU,
-    threefry's masks for ``mnistfc``'s activations cost a sizeable part of a training
-    step; these cost a tenth of that. ``broadcast_dims`` share one mask value, as in
-    ``nn.Dropout``.
+    two words of that key, on the 2⁻²⁴ grid of ``jax.random.uniform``. On CPU,
+    threefry's masks for ``mnistfc``'s activations are a sizeable part of a training
+    step; ``benchmarks/inner_loop.py`` times both (its reference rows with flax's
+    ``nn.Dropout``). ``broadcast_dims`` share one mask value, as in ``nn.Dropout``.
     """
 
     @nn.compact

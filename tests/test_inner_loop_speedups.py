@@ -123,8 +123,8 @@ def test_per_step_draws_are_independent_normals_and_reproducible(generator):
 
 
 def test_the_inner_loop_runs_no_threefry():
-    """The relaxation step's loop body holds the hash draw but no threefry (whose small
-    computations once cost the mnistfc step about as much as the hash)."""
+    """The relaxation step's loop body holds the hash draw but no threefry (drawing the
+    keys inside the loop is a reference row of benchmarks/inner_loop.py)."""
     tx = relaxjax.local_entropy(gamma=1.0, num_steps=5, step_size=0.1, noise=1e-2)
     params = {"w": jnp.ones((64, 32))}
     state = tx.init(params)
