@@ -165,8 +165,28 @@ def test_paper_table_allcnn_cells(tmp_path):
     assert table.main(argv + ["--out-dir", str(tmp_path)]) == 0
     text = (tmp_path / "paper_table.md").read_text()
     assert "| allcnn | sgd | refreshed (50 batches) | 1 | 195 / 195 | 7.99 |" in text
-    assert "7.94 ± 0.06 @ 195" in text and "7.71 ± 0.19 @ 180" in text
+    assert "| 1/1, @ 195 | met | 7.94 ± 0.06 @ 195 | 7.71 ± 0.19 @ 180 |" in text
     assert "JPEG re-encoding of CIFAR-10" in text
+
+
+def test_paper_table_target_verdict():
+    """A cell meets issue 4's target when its best error (mean over seeds) is at or below
+    the paper's DR edge and was reached in no more effective epochs than the paper's."""
+    verdict = _load("paper_table").target_verdict
+    paper = {"DR": (0.50, 0.01, 70)}
+
+    def row(best, epoch, complete=True):
+        return {
+            "best_error": (best, 0.02), "best_epoch": (epoch, 5.0), "complete": complete,
+            "paper": paper, "paper_threshold": 0.51,
+        }  # fmt: skip
+
+    assert verdict(row(0.51, 70.0)) == "met"  # both at the edge
+    assert verdict(row(0.45, 12.0)) == "met"  # lower error, sooner: better than the paper
+    assert verdict(row(0.5133, 48.3)) == "not met: error 0.513 > 0.51"
+    assert verdict(row(0.50, 70.5)) == "not met: @ 70.5 > 70"
+    assert verdict(row(0.60, 80.0)) == "not met: error 0.600 > 0.51, @ 80.0 > 70"
+    assert verdict(row(0.40, 10.0, complete=False)) == "in progress"
 
 
 def test_input_pipeline_benchmark_smoke(tmp_path):
