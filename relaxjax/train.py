@@ -42,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from relaxjax import data as data_lib
 from relaxjax import models as models_lib
+from relaxjax.data.atomic import atomic_write
 from relaxjax.mesh import DATA_AXIS, constrain, make_mesh, place
 from relaxjax.optimizers import OptimizerConfig, make_optimizer, outer_gamma
 
@@ -348,10 +349,13 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    """Writes ``value`` as JSON to ``path`` through a temporary file and a rename (atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """Writes ``value`` as JSON to ``path`` atomically (``relaxjax.data.atomic.atomic_write``)."""
+    _write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    with atomic_write(path) as (f, _):
+        f.write(text.encode())
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -365,9 +369,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 def _truncate_metrics(run_dir: Path, step: int) -> None:
     """Drops records written after the checkpoint at ``step`` (they will be redone)."""
     kept = [m for m in read_metrics(run_dir) if m["step"] <= step]
-    tmp = run_dir / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-    os.replace(tmp, run_dir / "metrics.jsonl")
+    _write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
 
 
 def _checkpoint_manager(run_dir: Path) -> ocp.CheckpointManager:
