@@ -16,7 +16,8 @@ import textwrap
 _SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=4"
     import sys
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np, optax, relaxjax

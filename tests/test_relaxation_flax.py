@@ -135,7 +135,8 @@ def test_entropy_sgd_trains_a_batchnorm_dropout_model():
 _SHARDED_SCRIPT = textwrap.dedent(
     """
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np, optax, relaxjax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
