@@ -61,3 +61,59 @@ def test_wide_vectors_only_on_avx512_and_only_if_unset(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", f"{xla_cpu.VECTOR_WIDTH_FLAG}=256")
     assert xla_cpu.prefer_wide_vectors() is False
     assert os.environ["XLA_FLAGS"] == f"{xla_cpu.VECTOR_WIDTH_FLAG}=256"
+
+
+_LENET_GRADIENT_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from relaxjax import models
+
+x = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
+out = {}
+for name in ("lenet", "lenet-dr"):
+    net = models.get_module(name)
+    variables = jax.jit(net.init)(jax.random.PRNGKey(1), x)
+
+    def loss(params):
+        logits, _ = net.apply(
+            {**variables, "params": params}, x, train=True,
+            rngs={"dropout": jax.random.PRNGKey(3)}, mutable=["batch_stats"],
+        )
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        out[name + jax.tree_util.keystr(path)] = np.asarray(leaf)
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_the_tests_optimization_level_computes_what_the_default_level_does(
+    tmp_path, cpu_subprocess_env
+):
+    """The suite compiles at LLVM level 1 (tests/conftest.py), or at the level set in
+    XLA_FLAGS; a LeNet gradient, where level 0 went wrong, is the same at that level as at
+    XLA:CPU's default level 2."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    script = tmp_path / "lenet_gradients.py"
+    script.write_text(_LENET_GRADIENT_SCRIPT)
+    results = {}
+    assert "--xla_backend_optimization_level=" in cpu_subprocess_env["XLA_FLAGS"]
+    for label, flags in (
+        ("tests", cpu_subprocess_env["XLA_FLAGS"]),  # the level this suite compiles at
+        ("default", "--xla_backend_optimization_level=2"),
+    ):
+        env = dict(cpu_subprocess_env, XLA_FLAGS=flags)
+        command = [sys.executable, str(script), str(tmp_path / f"{label}.npz")]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[label] = np.load(tmp_path / f"{label}.npz")
+    assert len(results["tests"].files) > 10
+    for name in results["default"].files:
+        np.testing.assert_allclose(
+            results["tests"][name], results["default"][name], rtol=1e-4, atol=1e-5, err_msg=name
+        )
