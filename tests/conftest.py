@@ -4,13 +4,13 @@ Most of the suite's time is XLA compiling small programs, and much of that is LL
 optimizing the generated code. So the tests (and the child Pythons and notebook kernels
 they start) compile at LLVM optimization level 1 instead of XLA:CPU's default 2
 (``TEST_XLA_FLAGS``): the same XLA programs (every HLO pass still runs), less time in
-LLVM. On a 2-core machine the suite took 554 s instead of 718 s, and
+LLVM. On a 2-core machine the suite took 500-570 s instead of 718 s, and
 ``tests/test_xla_cpu.py`` checks that LeNet's gradients at the level the suite uses equal
-those at level 2. Level 0 would save more but is not
-trustworthy: with it, XLA:CPU (jaxlib 0.10.2) computed wrong gradients for LeNet's
-window max after BatchNorm, off by up to 0.5 where levels 1 and 2 agree with
-``select-and-scatter`` to the bit, and ``test_lenet_convolution_implementations_agree``
-failed. To run the tests at XLA's default level, set the flag yourself, e.g.
+those at level 2. Level 0 would save more but is not trustworthy: with it, XLA:CPU
+(jaxlib 0.10.2) computed LeNet's first-layer gradients (window max after BatchNorm) off by
+up to 0.36 from level 2, where that max and ``select-and-scatter`` agree to the bit, and
+``test_lenet_convolution_implementations_agree`` failed. To run the tests at XLA's default
+level, set the flag yourself, e.g.
 ``XLA_FLAGS=--xla_backend_optimization_level=2 python -m pytest -q``; a level already in
 ``XLA_FLAGS`` is left as it is. Timings belong in ``benchmarks/``, which never sets it.
 """
