@@ -228,10 +228,16 @@ def _fmt_refresh(refresh: int) -> str:
     return f"refreshed ({refresh} batches)" if refresh else "as trained"
 
 
+def at_most(value: float, limit: float) -> bool:
+    """``value <= limit`` up to float round-off (errors and epochs are sums of 0.01s and
+    their means over seeds): the one comparison behind 'reached paper' and 'target'."""
+    return value <= limit + 1e-9
+
+
 def first_reached(metrics: list[dict], threshold: float) -> float | None:
     """The first effective epoch whose test error (%) is <= ``threshold``, or None."""
     for m in metrics:
-        if 100 * m["test_error"] <= threshold + 1e-9:
+        if at_most(100 * m["test_error"], threshold):
             return m["effective_epochs"]
     return None
 
@@ -244,9 +250,9 @@ def target_verdict(row: dict) -> str:
         return "in progress"
     error, epochs = row["best_error"][0], row["best_epoch"][0]
     misses = []
-    if error > row["paper_threshold"] + 1e-6:
+    if not at_most(error, row["paper_threshold"]):
         misses.append(f"error {error:.3f} > {row['paper_threshold']:.2f}")
-    if epochs > row["paper"]["DR"][2] + 1e-6:
+    if not at_most(epochs, row["paper"]["DR"][2]):
         misses.append(f"@ {epochs:.1f} > {row['paper']['DR'][2]}")
     return "not met: " + ", ".join(misses) if misses else "met"
 
