@@ -7,8 +7,9 @@ they start) compile at LLVM optimization level 1 instead of XLA:CPU's default 2
 LLVM. On a 2-core machine the suite took 500-570 s instead of 718 s, and
 ``tests/test_xla_cpu.py`` checks that LeNet's gradients at the level the suite uses equal
 those at level 2. Level 0 would save more but is not trustworthy: with it, XLA:CPU
-(jaxlib 0.10.2) computed LeNet's first-layer gradients (window max after BatchNorm) off by
-up to 0.36 from level 2, where that max and ``select-and-scatter`` agree to the bit, and
+(jaxlib 0.10.2) computed LeNet's first-block gradients (window max after BatchNorm) off by
+up to 0.10 from level 2 (``XLA_FLAGS=--xla_backend_optimization_level=0 python -m pytest
+tests/test_xla_cpu.py -k optimization_level`` lists them), and
 ``test_lenet_convolution_implementations_agree`` failed. To run the tests at XLA's default
 level, set the flag yourself, e.g.
 ``XLA_FLAGS=--xla_backend_optimization_level=2 python -m pytest -q``; a level already in
