@@ -13,7 +13,7 @@ import jax
 import optax
 
 import relaxjax
-from relaxjax.xla_cpu import apply_cpu_settings
+from relaxjax.cpu.xla_flags import apply_cpu_settings
 
 __all__ = ["command_line", "environment", "machine", "now", "versions"]
 

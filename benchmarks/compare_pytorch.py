@@ -56,8 +56,8 @@ import torch.nn.functional as F
 import relaxjax
 from relaxjax import models as models_lib
 from relaxjax import train as train_lib
-from relaxjax.optimizers import OptimizerConfig, make_optimizer
-from relaxjax.xla_cpu import apply_cpu_settings
+from relaxjax.cpu.xla_flags import apply_cpu_settings
+from relaxjax.train.optimizers import OptimizerConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_entropy_sgd import EntropySGD, get_torch_model  # noqa: E402
@@ -157,7 +157,7 @@ def relaxjax_runner(
 
 def relaxjax_default_unroll(num_steps: int) -> str:
     """What ``unroll=None`` resolves to in the installed relaxjax (private helper)."""
-    from relaxjax import relaxation
+    from relaxjax.core import relaxation
 
     resolve = getattr(relaxation, "_inner_loop_unroll", None)
     return repr(resolve(None, num_steps)) if resolve else "unknown"

@@ -9,8 +9,8 @@ after compilation, interleaved over rounds:
   inner-loop candidates: rolled ``lax.scan`` with and without the canonical
   convolution rewrite, partial and full unrolling, and both noise generators;
 * references: the baseline's SGD steps inside one ``lax.scan`` (what a loop alone
-  changes), and the step and the baseline traced as relaxjax was before a change
-  (``REFERENCES``: noise keys drawn inside the loop, flax's threefry dropout masks).
+  changes), and the step and the baseline with flax's threefry dropout masks
+  (``relaxjax.models.get_model(name, dropout_masks="threefry")``).
 
 The ratio's floor is 1.0 (the relaxation adds only O(parameters) vector work
 per inner step). It also records, for the default configuration, compile time
@@ -26,7 +26,7 @@ and XLA's peak memory estimate as L goes from 1 to 50.
 no conv rewrite", did not finish within 24 minutes, so the All-CNN results leave it out.)
 
 Like ``relaxjax train``, it runs with XLA:CPU's concurrency-optimized scheduler
-off (``relaxjax.xla_cpu``); to time XLA's default instead::
+off (``relaxjax.cpu.xla_flags``); to time XLA's default instead::
 
     XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=true \
         python benchmarks/inner_loop.py --models lenet --no-scaling --stem inner_loop_xla_scheduler
@@ -35,7 +35,6 @@ off (``relaxjax.xla_cpu``); to time XLA's default instead::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import sys
@@ -52,7 +51,8 @@ from relaxjax import models
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import command_line, environment  # noqa: E402
 
-# name -> keyword arguments of relaxjax.local_entropy (and, for the last, a reference switch)
+# name -> keyword arguments of relaxjax.local_entropy; "model": options of the network
+# (relaxjax.models.get_model), for the reference rows that change the network.
 CANDIDATES = {
     "default (rolled scan, canonical convs, hash noise)": {},
     "rolled scan, no conv rewrite": {"canonical_convolutions": False},
@@ -63,64 +63,16 @@ CANDIDATES = {
         "reuse_gradient": False
     },
     "no noise (Hopf-Lax cost)": {"noise": 0.0},
-    "hash noise keyed by threefry inside the loop (relaxjax before 2026-11-30)": {
-        "keys_in_the_loop": True
-    },
-    "default with flax's nn.Dropout masks (threefry; relaxjax before 2026-11-30)": {
-        "flax_dropout": True
+    "default with flax's nn.Dropout masks (dropout_masks='threefry')": {
+        "model": {"dropout_masks": "threefry"}
     },
 }
 BASELINE = "baseline: L jitted SGD steps"
 SCAN_BASELINE = "reference: the same L SGD steps inside one lax.scan"
 # Timed beside the baseline when a candidate uses flax's dropout masks.
 FLAX_DROPOUT_BASELINE = (
-    "reference baseline: L jitted SGD steps with flax's nn.Dropout masks "
-    "(relaxjax before 2026-11-30)"
+    "reference baseline: L jitted SGD steps with flax's nn.Dropout masks (dropout_masks='threefry')"
 )
-
-
-@contextlib.contextmanager
-def _threefry_keys_in_the_loop():
-    """Traces the relaxation as relaxjax did before 2026-11-30: each inner step derived its
-    leaves' hash keys by threefry inside the loop (``fold_in``, ``split``, ``bits`` per
-    leaf) instead of taking them from words drawn once before the loop. A reference row:
-    what drawing the key words up front saves."""
-    from relaxjax import _noise
-
-    def source(key, tree, num_steps, generator="hash"):
-        return key
-
-    def at_step(key, i, tree, generator="hash"):
-        leaves, tree_def = jax.tree.flatten(tree)
-        keys = jax.random.split(jax.random.fold_in(key, i), len(leaves))
-        words = jax.numpy.stack([jax.random.bits(k, (2,), jax.numpy.uint32) for k in keys])
-        return _noise._hash_tree(words, tree)
-
-    saved = _noise.noise_source, _noise.gaussian_at_step
-    _noise.noise_source, _noise.gaussian_at_step = source, at_step
-    try:
-        yield
-    finally:
-        _noise.noise_source, _noise.gaussian_at_step = saved
-
-
-@contextlib.contextmanager
-def _flax_dropout():
-    """Traces the networks as relaxjax did before 2026-11-30: with flax's ``nn.Dropout``,
-    whose masks are threefry bits, instead of ``models.HashDropout``. The networks look
-    ``HashDropout`` up when they are traced. A reference: what the hashed masks save."""
-    import flax.linen as nn
-
-    saved = models.HashDropout
-    models.HashDropout = nn.Dropout
-    try:
-        yield
-    finally:
-        models.HashDropout = saved
-
-
-# The reference switches of CANDIDATES: each traces the step as relaxjax did before a change.
-REFERENCES = {"keys_in_the_loop": _threefry_keys_in_the_loop, "flax_dropout": _flax_dropout}
 
 
 # Compile-time modes: the transform's default, and what ``relaxjax train`` uses.
@@ -128,10 +80,11 @@ SCALING_MODES = {"reuse_gradient=True (default)": True, "reuse_gradient=False (t
 
 
 @functools.cache
-def _problem(name: str, num_steps: int, batch_size: int):
+def _problem(name: str, num_steps: int, batch_size: int, model_options: tuple = ()):
     """``(params, batches, grad)`` of network ``name`` on random batches, built once per
-    arguments."""
-    return _build_problem(name, num_steps, batch_size, models.get_model(name))
+    arguments; ``model_options``: ``(key, value)`` pairs for ``models.get_model``."""
+    model = models.get_model(name, **dict(model_options))
+    return _build_problem(name, num_steps, batch_size, model)
 
 
 def _build_problem(name: str, num_steps: int, batch_size: int, model):
@@ -245,29 +198,26 @@ def _relaxation_step(grad, num_steps: int, **options):
 def time_candidates(
     name: str, num_steps: int, batch_size: int, rounds: int, repeats: int, candidates=None
 ):
-    params, batches, grad = _problem(name, num_steps, batch_size)
     candidates = candidates or CANDIDATES
+    params, batches, grad = _problem(name, num_steps, batch_size)
     runners = {
         BASELINE: sgd_baseline(grad, params, batches, num_steps),
         SCAN_BASELINE: sgd_scan(grad, params, batches, num_steps),
     }
-    if any(options.get("flax_dropout") for options in candidates.values()):
-        with _flax_dropout():  # compiled now, while traced with flax's dropout
-            runners[FLAX_DROPOUT_BASELINE] = sgd_baseline(grad, params, batches, num_steps, {})
+    threefry_masks = (("dropout_masks", "threefry"),)
+    if any(options.get("model") == dict(threefry_masks) for options in candidates.values()):
+        flax_params, flax_batches, flax_grad = _problem(name, num_steps, batch_size, threefry_masks)
+        runners[FLAX_DROPOUT_BASELINE] = sgd_baseline(flax_grad, flax_params, flax_batches, num_steps)
     compile_seconds = {}
     for label, options in candidates.items():
         options = dict(options)
-        switches = [REFERENCES[switch] for switch in REFERENCES if options.pop(switch, False)]
+        model_options = tuple(sorted(options.pop("model", {}).items()))
+        params, batches, grad = _problem(name, num_steps, batch_size, model_options)
         tx, step = _relaxation_step(grad, num_steps, **options)
         state = tx.init(params)
-        with contextlib.ExitStack() as stack:
-            for switch in switches:
-                stack.enter_context(switch())
-            start = time.perf_counter()
-            compiled = step.lower(params, state, batches).compile()
-            compile_seconds[label] = time.perf_counter() - start
-        # Every candidate runs its compiled program (calling ``step`` would trace a
-        # reference anew, without its switch).
+        start = time.perf_counter()
+        compiled = step.lower(params, state, batches).compile()
+        compile_seconds[label] = time.perf_counter() - start
         runners[label] = (compiled, (params, state, batches))
     medians = interleaved_medians(runners, rounds, repeats)
     base = medians[BASELINE]
@@ -289,14 +239,14 @@ def noise_loop(draw, num_steps: int):
     """``run(key, y)``: ``num_steps`` steps of y ← y + σ ξ in ``lax.scan``, ξ drawn by
     ``draw`` (a generator name of ``relaxjax``, or ``draw(key, tree)``); ``None``: the
     same loop without a draw, y ← a y + b."""
-    from relaxjax import _noise
+    from relaxjax.core import noise
 
     def run(key, y):
         def body(y, i):
             if draw is None:
                 return jax.tree.map(lambda a: 0.999 * a + 1e-6, y), None
             k = jax.random.fold_in(key, i)
-            xi = _noise.gaussian_like(k, y, draw) if isinstance(draw, str) else draw(k, y)
+            xi = noise.gaussian_like(k, y, draw) if isinstance(draw, str) else draw(k, y)
             return jax.tree.map(lambda a, n: a + 1e-5 * n, y, xi), None
 
         return jax.lax.scan(body, y, jax.numpy.arange(num_steps))[0]
@@ -323,16 +273,16 @@ def time_noise(
     same loop without the draw (y ← a y + b, the vector-work floor). ``works``: the
     rows of ``NOISE_WORK`` to time.
     """
-    from relaxjax import _noise
+    from relaxjax.core import noise
 
     params, _, _ = _problem(name, 1, 1)
 
     def with_lax_erf_inv(key, tree):
         # The default generator's uniforms through XLA's own erf⁻¹: what the custom one saves.
-        return _noise._hash_tree(
-            _noise._hash_words(key, (), tree),
+        return noise.hash_tree(
+            noise.hash_words(key, (), tree),
             tree,
-            lambda w, shape: np.sqrt(2.0) * jax.lax.erf_inv(_noise._hash_uniform(w, shape)),
+            lambda w, shape: np.sqrt(2.0) * jax.lax.erf_inv(noise.hash_uniform(w, shape)),
         )
 
     def loop(draw):
@@ -391,27 +341,17 @@ def scaling_in_L(name: str, batch_size: int, steps=(1, 2, 5, 20, 50), repeats: i
 
 def time_lenet_lowering(batch_size: int, rounds: int, repeats: int) -> list[dict]:
     """One LeNet gradient (outside any loop) with Flax's and relaxjax's pooling/convolutions."""
-    import flax.linen as nn
-
-    def flax_pool(x, size):
-        return nn.max_pool(x, (size, size), strides=(size, size))
-
     variants = [
-        ("nn.max_pool + XLA convolutions (Flax's layers)", flax_pool, "xla"),
-        ("max_pool_tiles + XLA convolutions", models.max_pool_tiles, "xla"),
-        ("max_pool_tiles + PatchConv (LeNet's CPU default)", models.max_pool_tiles, "patches"),
+        ("nn.max_pool + XLA convolutions (Flax's layers)", "xla", "xla"),
+        ("max_pool_tiles + XLA convolutions", "tiles", "xla"),
+        ("max_pool_tiles + PatchConv (LeNet's CPU default)", "tiles", "patches"),
     ]
     runners = {}
-    original = models.max_pool_tiles
-    for label, pool, conv in variants:
-        models.max_pool_tiles = pool  # LeNet looks the pooling up when it is traced
-        try:
-            model = models.functional(models.LeNet(conv_implementation=conv))
-            params, batches, grad = _build_problem("lenet", 1, batch_size, model)
-            step = jax.jit(grad)
-            jax.block_until_ready(step(params, batches, 0))  # traced while the pool is set
-        finally:
-            models.max_pool_tiles = original
+    for label, pooling, conv in variants:
+        model = models.functional(models.LeNet(conv_implementation=conv, pooling=pooling))
+        params, batches, grad = _build_problem("lenet", 1, batch_size, model)
+        step = jax.jit(grad)
+        jax.block_until_ready(step(params, batches, 0))
         runners[label] = (step, (params, batches, 0))
     medians = interleaved_medians(runners, rounds, repeats)
     first = next(iter(medians.values()))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from relaxjax import models, train
-from relaxjax.optimizers import OptimizerConfig, make_optimizer
+from relaxjax.train.optimizers import OptimizerConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import environment  # noqa: E402
@@ -58,7 +58,7 @@ def measure(name, num_steps, batch_size, num_examples, repeats):
         x = jnp.take(images, window, axis=0)
         if augment:
             keys = jax.random.split(key, num_steps)
-            x = jax.vmap(train._crop_flip)(keys, x)
+            x = jax.vmap(train.crop_flip)(keys, x)
         return x, jnp.take(labels, window, axis=0)
 
     def full(state):

@@ -48,9 +48,9 @@ import numpy as np
 import optax
 
 from relaxjax import data as data_lib
-from relaxjax import msa, msa_train
-from relaxjax.optimizers import OptimizerConfig
-from relaxjax.train import DataArrays, TrainConfig, epoch_permutation, load_data
+from relaxjax import msa
+from relaxjax.train import DataArrays, TrainConfig, emsa, epoch_permutation, load_data
+from relaxjax.train.optimizers import OptimizerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import command_line, environment  # noqa: E402
@@ -98,8 +98,8 @@ def _with_l2(layers: msa.LayerSequence) -> msa.LayerSequence:
 def sine_task(init: str, *, num_layers: int = 20, n: int = 1000, batch_size: int = 100) -> Task:
     """The paper's sine approximation (§4): Ẋ = tanh(W X + b) in ℝ⁵, T = 5, δ = 0.25."""
     layers = msa.sine_net(jax.random.key(0), num_layers=num_layers, init=init)
-    train = msa.sine_dataset(jax.random.key(1), n)
-    test = msa.sine_dataset(jax.random.key(2), n)
+    train = msa.sine_dataset(jax.random.key(1), n=n)
+    test = msa.sine_dataset(jax.random.key(2), n=n)
     return Task(f"sine-{init}", _with_l2(layers), train, test, msa.squared_error, False, batch_size)
 
 
@@ -120,7 +120,7 @@ def gray_cifar(data_dir: str | None, n_train: int | None, n_test: int | None) ->
     """CIFAR-10 (JPEG copy) in grayscale 28×28, normalised: the Fashion-MNIST substitute."""
     splits = []
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        x, y = data_lib.load_dataset("cifar10-jpeg", split, data_dir)
+        x, y = data_lib.load_dataset("cifar10-jpeg", split, data_dir=data_dir)
         x, y = _subset(x, y, n, seed)
         splits.append((to_gray28(x), y))
     (train_x, train_y), (test_x, test_y) = splits
@@ -142,9 +142,9 @@ def mnist(data_dir: str | None, n_train: int | None, n_test: int | None) -> Data
 
 
 def image_task(name: str, data: DataArrays, model: str, batch_size: int = 100) -> Task:
-    """The paper's residual CNN (``msa_train.build_layers``) on an image data set."""
+    """The paper's residual CNN (``emsa.build_layers``) on an image data set."""
     key = jax.random.split(jax.random.PRNGKey(0))[0]  # as relaxjax train with seed 0
-    layers = msa_train.build_layers(model, key, data.train_images.shape[1:], data.num_classes)
+    layers = emsa.build_layers(model, key, data.train_images.shape[1:], data.num_classes)
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
     return Task(name, _with_l2(layers), train, test, msa.softmax_cross_entropy, True, batch_size)
@@ -194,7 +194,7 @@ def classification_emsa(rho: float, inner_steps: int) -> msa.MSA:
     optimizer = OptimizerConfig(
         "emsa", weight_decay=WEIGHT_DECAY, msa_rho=rho, msa_inner_steps=inner_steps
     )
-    return msa_train.make_emsa(TrainConfig(model="msa-resnet", optimizer=optimizer))
+    return emsa.make_emsa(TrainConfig(model="msa-resnet", optimizer=optimizer))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -430,7 +430,7 @@ def step_timing(model: str, rounds: int, log: Callable[[str], None]) -> list[dic
         optimizer = OptimizerConfig(
             "emsa", weight_decay=WEIGHT_DECAY, msa_inner_optimizer=inner, msa_inner_lr=1e-3
         )
-        opt = msa_train.make_emsa(
+        opt = emsa.make_emsa(
             TrainConfig(model=model, optimizer=optimizer), canonical_convolutions=fast
         )
         state = opt.init(task.layers)

@@ -44,17 +44,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from relaxjax import cli
 from relaxjax.data.atomic import atomic_copy
-from relaxjax.optimizers import INNER_SGD_RELAXATIONS
-from relaxjax.plot import plot_runs
-from relaxjax.train import (
-    TrainConfig,
-    config_differences,
-    read_metrics,
-    train,
-    write_json_atomic,
-)
+from relaxjax.plots.curves import plot_runs
+from relaxjax.train import TrainConfig, cli, read_metrics, train
+from relaxjax.train.runs import config_differences, write_json_atomic
+from relaxjax.train.optimizers import INNER_SGD_RELAXATIONS
+from relaxjax.train.runs import iterate_runs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import command_line, environment  # noqa: E402
@@ -316,7 +311,7 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "paper_table.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
     if run_dirs:
-        plot_runs(run_dirs, out_dir / "paper_table.png")
+        plot_runs(iterate_runs([str(d) for d in run_dirs]), output=out_dir / "paper_table.png")
     hashed = hash_dropout_runs(run_dirs)
     lines = [
         "# The paper's table (relaxjax)",

@@ -169,7 +169,7 @@ def communication(hlo: str) -> dict[str, Any]:
 
 
 def _config(args, method: str, devices: int | None, replicas: int | None = None):
-    from relaxjax import cli
+    from relaxjax.train import cli
 
     argv = ["train", "--model", args.model, "--optimizer", method, "--lr-milestones"]
     argv += ["-L", str(args.num_steps), "--batch-size", str(args.batch_size)]
@@ -191,18 +191,20 @@ class _Run:
     def __init__(self, config, data):
         from relaxjax import models
         from relaxjax import train as T
-        from relaxjax.optimizers import make_optimizer
+        from relaxjax.train.optimizers import make_optimizer
 
         self.config, self.T = config, T
         self.n_train = len(data.train_labels)
         self.inner = config.optimizer.inner_steps
         self.steps_per_epoch = self.n_train // (config.batch_size * self.inner)
         model = models.get_model(config.model, num_classes=data.num_classes)
-        mesh = T._make_mesh(config, lambda _: None)
+        mesh = T.loop.run_mesh(config, lambda _: None)
         self.mesh = mesh
         tx = make_optimizer(config.optimizer, self.steps_per_epoch, seed=config.seed, mesh=mesh)
-        self.state, step, self.eval_state = T._build(config, model, tx, data.train_images[:1], mesh)
-        self.data = T._place_data(data, mesh)
+        self.state, step, self.eval_state = T.loop.initial_state_and_step(
+            config, model, tx, data.train_images[:1], mesh
+        )
+        self.data = T.loop.place_data(data, mesh)
         self.evaluate = T.make_eval_fn(model, config.eval_batch_size)
         self.step_count, self.perm, self.perm_epoch = 0, None, None
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""XLA:CPU flag settings: the inner loop under each of ``relaxjax.xla_cpu``'s choices.
+"""XLA:CPU flag settings: the inner loop under each of ``relaxjax.cpu.xla_flags``'s choices.
 
 XLA's flags are process-wide (read when the backend starts), so two settings
 cannot be timed in one process. This script runs ``inner_loop.py``
@@ -10,7 +10,7 @@ ratios, the noisy step's time and compile time, and the Langevin draw per
 inner step. Settings: the vector width XLA compiles elementwise loops for
 (``--xla_cpu_prefer_vector_width``, 256 or 512 bits) and LLVM's loop
 interleaving (``-force-vector-interleave=8``, which relaxjax does not set);
-``relaxjax.xla_cpu`` chooses its defaults from these figures.
+``relaxjax.cpu.xla_flags`` chooses its defaults from these figures.
 
     python benchmarks/xla_cpu_flags.py                    # mnistfc, 3 rounds of processes
     python benchmarks/xla_cpu_flags.py --models mnistfc lenet --pairs 2
@@ -51,7 +51,7 @@ from inner_loop import (  # noqa: E402
     sgd_baseline,
 )
 
-from relaxjax.xla_cpu import SCHEDULER_FLAG, VECTOR_WIDTH_FLAG, has_avx512  # noqa: E402
+from relaxjax.cpu.xla_flags import SCHEDULER_FLAG, VECTOR_WIDTH_FLAG, has_avx512  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_STEM = "inner_loop_xla_cpu_flags"

@@ -3,39 +3,69 @@
 Entropy-SGD (local entropy, viscous Hamilton-Jacobi) and the Hopf-Lax
 relaxation of Chaudhari, Oberman, Osher, Soatto, Carlier, *Deep Relaxation:
 partial differential equations for optimizing deep neural networks* (2018),
-as composable Optax gradient transformations.
+as composable Optax gradient transformations, with Parle and the E-MSA trainer
+of Li, Chen, Tai, E, *Maximum Principle Based Algorithms for Deep Learning*
+(2018).
+
+``import relaxjax`` loads only the core (jax, optax, numpy). The other
+subpackages load on first use: ``relaxjax.models`` (Flax), ``relaxjax.data``,
+``relaxjax.train`` (the training command), ``relaxjax.pde``,
+``relaxjax.diagnostics``, ``relaxjax.msa``, ``relaxjax.plots`` (matplotlib) and
+``relaxjax.cpu``. See ``docs/architecture.md``.
 """
 
-from relaxjax import diagnostics, mesh, msa, pde
-from relaxjax.alias import entropy_adam, entropy_sgd, hj_sgd
-from relaxjax.parle import ParleState, coupling_schedule, parle, parle_step
-from relaxjax.relaxation import (
+import importlib
+from typing import Any
+
+from relaxjax.core import (
+    ElasticState,
     GradFn,
+    Parle,
+    ParleState,
     RelaxationState,
     RelaxationStateWithInner,
+    coupling_schedule,
+    elastic_coupling,
+    entropy_adam,
+    entropy_sgd,
+    hj_sgd,
     hopf_lax,
     local_entropy,
+    parle,
+    parle_step,
+    scoping,
 )
-from relaxjax.schedules import scoping
 
 __version__ = "0.1.0.dev0"
 
+_SUBPACKAGES = ("core", "cpu", "data", "diagnostics", "models", "msa", "pde", "plots", "train")
+
 __all__ = [
+    "ElasticState",
     "GradFn",
+    "Parle",
     "ParleState",
     "RelaxationState",
     "RelaxationStateWithInner",
     "coupling_schedule",
-    "diagnostics",
+    "elastic_coupling",
     "entropy_adam",
     "entropy_sgd",
     "hj_sgd",
     "hopf_lax",
     "local_entropy",
-    "mesh",
-    "msa",
     "parle",
     "parle_step",
-    "pde",
     "scoping",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Loads a subpackage on first access (``relaxjax.pde``, ``relaxjax.models``, …)."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"relaxjax.{name}")
+    raise AttributeError(f"module 'relaxjax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBPACKAGES])

@@ -1,5 +1,5 @@
 import sys
 
-from relaxjax.cli import main
+from relaxjax.train.cli import main
 
 sys.exit(main())

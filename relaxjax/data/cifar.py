@@ -180,9 +180,9 @@ def _locate(spec: CifarSpec, members: tuple[str, ...], dirs: list[Path]) -> Path
 def load_cifar(
     spec: CifarSpec,
     split: str = "train",
+    *,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-    *,
     label_key: str = "labels",
     verify: bool = True,
     cache: str | os.PathLike | None = None,
@@ -247,14 +247,14 @@ def load_cifar10(
     Returns:
       ``(images, labels)``: uint8 ``(N, 32, 32, 3)`` and int32 ``(N,)``.
     """
-    return load_cifar(CIFAR10, split, data_dir, download, **kwargs)
+    return load_cifar(CIFAR10, split, data_dir=data_dir, download=download, **kwargs)
 
 
 def load_cifar100(
     split: str = "train",
+    *,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-    *,
     label_mode: str = "fine",
     **kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -266,4 +266,11 @@ def load_cifar100(
     if label_mode not in ("fine", "coarse"):
         raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
     spec = CIFAR100 if label_mode == "fine" else CIFAR100._replace(num_classes=20)
-    return load_cifar(spec, split, data_dir, download, label_key=f"{label_mode}_labels", **kwargs)
+    return load_cifar(
+        spec,
+        split,
+        data_dir=data_dir,
+        download=download,
+        label_key=f"{label_mode}_labels",
+        **kwargs,
+    )

@@ -108,9 +108,9 @@ def _load_cifar10_jpeg(
 def load_dataset(
     name: str,
     split: str,
+    *,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-    *,
     path: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +143,9 @@ def load_dataset(
     if path is not None:
         raise ValueError(f"path= is only for 'imagefolder'; use data_dir= for {info.name}")
     if info.name == "mnist":
-        return load_mnist(split, data_dir, download, **kwargs)
+        return load_mnist(split, data_dir=data_dir, download=download, **kwargs)
     if info.name == "cifar10":
-        return load_cifar10(split, data_dir, download, **kwargs)
+        return load_cifar10(split, data_dir=data_dir, download=download, **kwargs)
     if info.name == "cifar100":
-        return load_cifar100(split, data_dir, download, **kwargs)
+        return load_cifar100(split, data_dir=data_dir, download=download, **kwargs)
     return _load_cifar10_jpeg(split, data_dir, **kwargs)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
 from .atomic import atomic_write
 from .errors import DataError
@@ -104,6 +103,8 @@ def source_digest(path: str | os.PathLike) -> str:
 
 
 def _decode(data: bytes, name: str, mode: str) -> np.ndarray:
+    from PIL import Image  # the [train] extra, imported when an image is decoded
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert(mode), dtype=np.uint8)

@@ -90,9 +90,9 @@ def _read_checked(path: Path, name: str, verify: bool) -> np.ndarray:
 
 def load_mnist(
     split: str = "train",
+    *,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-    *,
     verify: bool = True,
     cache: str | os.PathLike | None = None,
     opener: Opener | None = None,

@@ -1,0 +1,50 @@
+"""The core of relaxjax: the relaxation transforms, their aliases, schedules and Parle.
+
+Everything here needs only jax, optax and numpy. The names are re-exported at the
+top level (``relaxjax.local_entropy`` is ``relaxjax.core.local_entropy``).
+"""
+
+from relaxjax.core.alias import entropy_adam, entropy_sgd, hj_sgd
+from relaxjax.core.keys import Seed, key_from_seed
+from relaxjax.core.parle import (
+    ElasticState,
+    Parle,
+    ParleState,
+    coupling_schedule,
+    elastic_coupling,
+    parle,
+    parle_step,
+    replica_key,
+    replica_map,
+)
+from relaxjax.core.relaxation import (
+    GradFn,
+    RelaxationState,
+    RelaxationStateWithInner,
+    hopf_lax,
+    local_entropy,
+)
+from relaxjax.core.schedules import scoping
+
+__all__ = [
+    "ElasticState",
+    "GradFn",
+    "Parle",
+    "ParleState",
+    "RelaxationState",
+    "RelaxationStateWithInner",
+    "Seed",
+    "coupling_schedule",
+    "elastic_coupling",
+    "entropy_adam",
+    "entropy_sgd",
+    "hj_sgd",
+    "hopf_lax",
+    "key_from_seed",
+    "local_entropy",
+    "parle",
+    "parle_step",
+    "replica_key",
+    "replica_map",
+    "scoping",
+]

@@ -1,0 +1,433 @@
+"""Relaxed gradients of the local entropy and of the Hopf-Lax (Moreau) envelope.
+
+Both transforms replace the incoming gradient ∇f(x) by the gradient of a
+relaxed loss obtained by solving a Hamilton-Jacobi PDE with initial datum f
+(Chaudhari, Oberman, Osher, Soatto, Carlier, *Deep Relaxation: partial
+differential equations for optimizing deep neural networks*, Res. Math. Sci.
+5:30, 2018; Chaudhari et al., *Entropy-SGD*, ICLR 2017):
+
+* **local entropy** (viscous HJ, u_t = −½|∇u|² + (2β)⁻¹Δu, u(·, 0) = f):
+  f_γ(x) = −β⁻¹ log ∫ exp(−β f(y) − β|x − y|²/(2γ)) dy, with
+  ∇f_γ(x) = (x − ⟨y⟩)/γ where ⟨y⟩ is the mean of the Gibbs measure
+  ρ(y) ∝ exp(−β f(y) − β|x − y|²/(2γ));
+* **Hopf-Lax** (non-viscous HJ, u_t = −½|∇u|²):
+  u(x, γ) = min_y f(y) + |x − y|²/(2γ), with gradient (x − y*)/γ where
+  y* = prox_{γf}(x) is the proximal point.
+
+The expectation ⟨y⟩ (or the minimiser y*) is estimated by an inner loop of L
+steps started at y₀ = x, run inside ``jax.lax.scan``::
+
+    g_ℓ   = ∇f_ℓ(y_ℓ) + (y_ℓ − x)/γ + λ y_ℓ          (λ: weight decay)
+    y_ℓ₊₁ = y_ℓ − η′ g_ℓ + ε √(2η′) ξ_ℓ,   ξ_ℓ ~ N(0, I)
+    μ_ℓ₊₁ = α μ_ℓ + (1 − α) y_ℓ₊₁,          μ₀ = x
+    output  (x − μ_L)/γ
+
+With the default inner optimizer this is stochastic gradient Langevin
+dynamics at temperature β⁻¹ = ε², whose stationary law is the Gibbs measure
+above; with ε = 0 (``hopf_lax``) it is gradient descent on the proximal
+problem. ``∇f_ℓ`` is a stochastic gradient on mini-batch ℓ: the incoming
+gradient (evaluated by the caller at x) is used for ℓ = 0, and
+``grad_fn(y, ℓ)`` for ℓ = 1 … L − 1, so an outer step costs exactly L
+gradient evaluations.
+
+Relation to the original code: its coupling ``gamma`` is ρ = 1/γ (the scope
+of this module is the PDE time of *Deep Relaxation*), its step noise is
+``eps/sqrt(0.5·lr)·ξ`` inside the gradient, i.e. ε √(2η′) ξ on the step as
+here, and its outer update uses (x − μ) where this module returns
+(x − μ)/γ (multiply the outer learning rate by γ to compare). Its running
+average puts α = 0.75 on the old average, as here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from relaxjax.core import hyperparams, tree_utils
+from relaxjax.core import noise as noise_lib
+from relaxjax.core.hyperparams import ScalarOrSchedule
+from relaxjax.core.keys import Seed, key_from_seed
+from relaxjax.cpu.conv_layout import with_canonical_convolutions
+
+__all__ = ["GradFn", "RelaxationState", "RelaxationStateWithInner", "hopf_lax", "local_entropy"]
+
+
+class GradFn(Protocol):
+    """``grad_fn(params, i) -> gradients`` for inner step ``i`` (an int32 scalar)."""
+
+    def __call__(self, params: optax.Params, i: jax.Array) -> optax.Updates: ...
+
+
+class RelaxationState(NamedTuple):
+    """State of ``local_entropy`` and ``hopf_lax``.
+
+    Attributes:
+      count: number of outer steps taken; schedules of γ, η′, ε and λ are
+        evaluated at it.
+      key: raw ``uint32[2]`` PRNG key of the Langevin noise, advanced every
+        outer step, so a run is reproducible from its seed.
+    """
+
+    count: jax.Array
+    key: jax.Array
+
+
+class RelaxationStateWithInner(NamedTuple):
+    """State of ``local_entropy`` and ``hopf_lax`` built with ``keep_inner_state=True``.
+
+    The fields of :class:`RelaxationState` plus ``inner_state``, the inner
+    optimizer's state (e.g. its momentum) carried from one outer step to the next.
+    A separate type, so checkpoints of the default transforms keep their layout.
+    """
+
+    count: jax.Array
+    key: jax.Array
+    inner_state: optax.OptState
+
+
+class _InnerCarry(NamedTuple):
+    y: optax.Params
+    average: optax.Params
+    optimizer_state: optax.OptState
+
+
+def _inner_loop_unroll(unroll: int | bool | None, num_steps: int) -> int | bool:
+    """The ``unroll`` of the inner ``lax.scan`` (None: the library's default)."""
+    if unroll is None:
+        return 1
+    if isinstance(unroll, bool):
+        return unroll
+    return hyperparams.check_num_steps("unroll", unroll)
+
+
+def _check_inner_sgd_is_stable(gamma: ScalarOrSchedule, step_size: ScalarOrSchedule) -> None:
+    """Rejects η′ ≥ 2γ, for which the inner SGD step diverges whatever f is.
+
+    The coupling alone maps y − x to (1 − η′/γ)(y − x) each step.
+    """
+    gamma0 = hyperparams.concrete_value(gamma)
+    eta0 = hyperparams.concrete_value(step_size)
+    if gamma0 is not None and eta0 is not None and eta0 >= 2 * gamma0:
+        raise ValueError(
+            f"step_size={eta0:g} must be < 2*gamma={2 * gamma0:g}: with the coupling "
+            f"|y - x|^2/(2*gamma) each inner step multiplies y - x by "
+            f"1 - step_size/gamma = {1 - eta0 / gamma0:.3g}, so the inner loop diverges. "
+            "Note that gamma is the scope (PDE time) = 1/coupling: the original code's "
+            "--gamma 0.03 is gamma=1/0.03 here."
+        )
+
+
+def _is_static_zero(hyperparameter: ScalarOrSchedule) -> bool:
+    return isinstance(hyperparameter, (int, float)) and hyperparameter == 0
+
+
+def _relaxation(
+    gamma: ScalarOrSchedule,
+    num_steps: int,
+    step_size: ScalarOrSchedule,
+    noise: ScalarOrSchedule,
+    alpha: ScalarOrSchedule,
+    weight_decay: ScalarOrSchedule,
+    inner_optimizer: optax.GradientTransformation | None,
+    seed: Seed,
+    unroll: int | bool | None,
+    canonical_convolutions: bool | None = None,
+    noise_generator: str = "hash",
+    reuse_gradient: bool = True,
+    keep_inner_state: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """The inner loop shared by ``local_entropy`` (ε ≥ 0) and ``hopf_lax`` (ε = 0)."""
+    num_steps = hyperparams.check_num_steps("num_steps", num_steps)
+    unroll = _inner_loop_unroll(unroll, num_steps)
+    hyperparams.check_positive("gamma", gamma)
+    hyperparams.check_positive("step_size", step_size)
+    hyperparams.check_nonnegative("noise", noise)
+    hyperparams.check_unit_interval("alpha", alpha)
+    hyperparams.check_nonnegative("weight_decay", weight_decay)
+    if noise_generator not in noise_lib.NOISE_GENERATORS:
+        raise ValueError(
+            f"noise_generator must be one of {noise_lib.NOISE_GENERATORS}, got {noise_generator!r}."
+        )
+    if keep_inner_state and inner_optimizer is None:
+        raise ValueError(
+            "keep_inner_state=True needs an inner_optimizer with a state to keep (e.g. "
+            "optax.sgd(0.1, momentum=0.9, nesterov=True)); the default inner SGD has none."
+        )
+    if inner_optimizer is None:
+        _check_inner_sgd_is_stable(gamma, step_size)
+    elif not hasattr(inner_optimizer, "update"):
+        raise TypeError(
+            f"inner_optimizer must be an optax.GradientTransformation, got {inner_optimizer!r}."
+        )
+    # Terms that are statically zero (Hopf-Lax noise, no weight decay) are skipped.
+    noiseless = _is_static_zero(noise)
+    no_weight_decay = _is_static_zero(weight_decay)
+
+    def init_fn(params: optax.Params) -> RelaxationState | RelaxationStateWithInner:
+        count, key = jnp.zeros([], jnp.int32), key_from_seed(seed)
+        if keep_inner_state:
+            return RelaxationStateWithInner(count, key, inner_optimizer.init(params))
+        return RelaxationState(count, key)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: RelaxationState | RelaxationStateWithInner,
+        params: optax.Params | None = None,
+        *,
+        grad_fn: GradFn | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, RelaxationState | RelaxationStateWithInner]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "The relaxation needs the current parameters: call "
+                "tx.update(grads, state, params, grad_fn=grad_fn)."
+            )
+        if grad_fn is None and (num_steps > 1 or not reuse_gradient):
+            first_index = 1 if reuse_gradient else 0
+            raise ValueError(
+                f"grad_fn is required: the inner loop evaluates grad_fn(params, i) for "
+                f"i = {first_index} … {num_steps - 1} (num_steps={num_steps}, "
+                f"reuse_gradient={reuse_gradient}); pass "
+                "tx.update(grads, state, params, grad_fn=lambda p, i: jax.grad(loss)(p, "
+                "batches[i]))."
+            )
+        tree_utils.check_matching_tree("The incoming gradient", updates, params)
+
+        count = state.count
+        gamma_t = hyperparams.value_at(gamma, count)
+        eta = hyperparams.value_at(step_size, count)
+        alpha_t = hyperparams.value_at(alpha, count)
+        noise_scale = (
+            None if noiseless else hyperparams.value_at(noise, count) * jnp.sqrt(2.0 * eta)
+        )
+        decay = None if no_weight_decay else hyperparams.value_at(weight_decay, count)
+        optimizer = inner_optimizer if inner_optimizer is not None else optax.sgd(eta)
+        key, noise_key = jax.random.split(state.key)
+        x = params
+        # Every inner step's noise keys, drawn before the loop (no threefry inside it).
+        step_noise = (
+            None if noiseless else noise_lib.noise_source(noise_key, x, num_steps, noise_generator)
+        )
+
+        def step(carry: _InnerCarry, grads: optax.Updates, i: jax.Array) -> _InnerCarry:
+            def total_gradient(g, y, x_):
+                total = g + (y - x_) / gamma_t.astype(y.dtype)
+                if decay is not None:
+                    total = total + decay.astype(y.dtype) * y
+                return total
+
+            inner_grads = jax.tree.map(total_gradient, grads, carry.y, x)
+            moves, optimizer_state = optimizer.update(inner_grads, carry.optimizer_state, carry.y)
+            y = optax.apply_updates(carry.y, moves)
+            if noise_scale is not None:
+                xi = noise_lib.gaussian_at_step(step_noise, i, y, noise_generator)
+                y = jax.tree.map(lambda y_, n: y_ + noise_scale.astype(y_.dtype) * n, y, xi)
+            average = jax.tree.map(
+                lambda m, y_: (alpha_t * m + (1 - alpha_t) * y_).astype(m.dtype), carry.average, y
+            )
+            return _InnerCarry(y, average, optimizer_state)
+
+        start = _InnerCarry(x, x, state.inner_state if keep_inner_state else optimizer.init(x))
+        if reuse_gradient:  # inner step 0 takes the incoming gradient, the loop i = 1 … L − 1
+            start = step(start, updates, jnp.zeros([], jnp.int32))
+
+        evaluate = grad_fn
+        if canonical_convolutions or (
+            canonical_convolutions is None and jax.default_backend() == "cpu"
+        ):
+            evaluate = with_canonical_convolutions(grad_fn)
+
+        def body(carry: _InnerCarry, i: jax.Array) -> tuple[_InnerCarry, None]:
+            grads = evaluate(carry.y, i)
+            tree_utils.check_matching_tree("The output of grad_fn", grads, x)
+            return step(carry, tree_utils.cast_like(grads, x), i), None
+
+        first_index = 1 if reuse_gradient else 0
+        if num_steps > first_index:
+            last, _ = jax.lax.scan(body, start, jnp.arange(first_index, num_steps), unroll=unroll)
+        else:
+            last = start
+        relaxed = jax.tree.map(
+            lambda x_, m: ((x_ - m) / gamma_t.astype(x_.dtype)).astype(x_.dtype), x, last.average
+        )
+        if keep_inner_state:
+            state = RelaxationStateWithInner(optax.safe_increment(count), key, last.optimizer_state)
+        else:
+            state = RelaxationState(optax.safe_increment(count), key)
+        return relaxed, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def local_entropy(
+    gamma: ScalarOrSchedule,
+    *,
+    num_steps: int = 20,
+    step_size: ScalarOrSchedule = 0.1,
+    noise: ScalarOrSchedule = 1e-4,
+    alpha: ScalarOrSchedule = 0.75,
+    weight_decay: ScalarOrSchedule = 0.0,
+    inner_optimizer: optax.GradientTransformation | None = None,
+    seed: Seed = 0,
+    unroll: int | bool | None = None,
+    canonical_convolutions: bool | None = None,
+    noise_generator: str = "hash",
+    reuse_gradient: bool = True,
+    keep_inner_state: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Replaces the gradient by the gradient of the local entropy (Entropy-SGD).
+
+    Returns ∇f_γ(x) = (x − ⟨y⟩)/γ, the gradient of the viscous Hamilton-Jacobi
+    relaxation f_γ = −β⁻¹ log(G_γ ∗ e^{−βf}) of *Deep Relaxation* (Chaudhari et
+    al. 2018, eq. for local entropy; Entropy-SGD, ICLR 2017, Alg. 1), where ⟨y⟩
+    is estimated by L steps of stochastic gradient Langevin dynamics on
+    f(y) + |y − x|²/(2γ) with an exponential running average of the iterates::
+
+        y ← y − η′ (∇f_ℓ(y) + (y − x)/γ + λ y) + ε √(2η′) ξ,   ξ ~ N(0, I)
+        μ ← α μ + (1 − α) y                                      (μ₀ = y₀ = x)
+        update = (x − μ)/γ
+
+    The Langevin temperature is β⁻¹ = ε², so the inner chain samples
+    ρ(y) ∝ exp(−β f(y) − β|x − y|²/(2γ)).
+
+    Call ``update(grads, state, params, grad_fn=grad_fn)`` where ``grads`` is
+    ∇f at ``params`` on mini-batch 0 and ``grad_fn(y, i)`` returns ∇f at ``y`` on
+    mini-batch ``i`` for ``i = 1 … L − 1`` (the convention of the opaque mode of
+    ``optax.contrib.sam``): an outer step costs L gradient evaluations. Chain
+    with an outer optimizer, e.g.
+    ``optax.chain(local_entropy(...), optax.sgd(0.1, momentum=0.9, nesterov=True))``.
+
+    Args:
+      gamma: scope γ > 0, the PDE time of *Deep Relaxation*; the coupling of the
+        inner loss is |y − x|²/(2γ), i.e. the coupling ρ = 1/γ of the Entropy-SGD
+        paper and its code (``--gamma`` there is ρ). A float or an Optax schedule
+        of the outer step (see ``relaxjax.scoping``).
+      num_steps: L ≥ 1, inner steps (= gradient evaluations) per outer step.
+      step_size: inner step size η′ > 0 (float or schedule). With a custom
+        ``inner_optimizer`` it only sets the noise scale ε √(2η′).
+      noise: ε ≥ 0, the Langevin noise scale (temperature ε²; β = 1/ε²). The
+        original code's default is 1e-4.
+      alpha: α ∈ [0, 1), weight of the old running average. α = 0 returns the
+        last inner iterate.
+      weight_decay: λ ≥ 0, L2 penalty (λ/2)|y|² added to f inside the inner loop,
+        so the output is the relaxed gradient of f + (λ/2)|·|².
+      inner_optimizer: an Optax transform replacing the inner SGD step (e.g.
+        ``optax.adam(1e-3)`` gives Entropy-Adam); Langevin noise is still added
+        after its step. Its state is re-initialised at every outer step unless
+        ``keep_inner_state``.
+      seed: an int or a PRNG key for the Langevin noise; it lives in the state.
+      unroll: forwarded to ``jax.lax.scan`` for the inner loop; None (default)
+        lets relaxjax choose. Must be a Python int or bool (with
+        ``optax.inject_hyperparams``, list it in ``static_args``).
+      canonical_convolutions: evaluate ``grad_fn`` with its convolutions in
+        XLA:CPU's canonical layout (see ``relaxjax.cpu.conv_layout``); XLA:CPU
+        runs convolutions inside loop bodies several times slower otherwise.
+        None (default): on the CPU backend only.
+      noise_generator: ``"hash"`` (default; a keyed counter hash, ~3x cheaper
+        than threefry on CPU, same 24-bit resolution) or ``"threefry"``
+        (``jax.random.normal``). See ``relaxjax.core.noise``.
+      reuse_gradient: True (default): inner step 0 uses the incoming gradient
+        and ``grad_fn`` is called for i = 1 … L − 1. False: ``grad_fn`` is
+        called for every i = 0 … L − 1 inside the loop and the incoming
+        gradient is only checked against ``params``. The compiled step then
+        holds one copy of the gradient computation (in the loop body) instead
+        of two, so compile time no longer doubles from L = 1 to L = 2 (see
+        ``benchmarks/results/inner_loop.md``); under ``jit`` XLA removes the
+        caller's unused gradient as dead code, so an outer step still costs L
+        gradient evaluations, unless the caller uses that gradient otherwise.
+        ``grad_fn(params, 0)`` must then be the gradient on mini-batch 0.
+      keep_inner_state: carry ``inner_optimizer``'s state (e.g. its momentum)
+        from one outer step into the next instead of starting it afresh, as the
+        authors' PyTorch code does with its inner Nesterov momentum
+        (``inner_optimizer=optax.sgd(0.1, momentum=0.9, nesterov=True)``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose update takes
+      ``grad_fn`` as a keyword argument.
+
+    Raises:
+      ValueError: for γ ≤ 0, L < 1, η′ ≤ 0, ε < 0, α ∉ [0, 1), λ < 0,
+        ``keep_inner_state`` without an ``inner_optimizer``, or (with
+        the default inner SGD) η′ ≥ 2γ, which diverges whatever f is; at
+        ``update`` time for a missing ``grad_fn`` (when L > 1), missing
+        ``params``, or gradients whose tree does not match the parameters.
+    """
+    return _relaxation(
+        gamma,
+        num_steps,
+        step_size,
+        noise,
+        alpha,
+        weight_decay,
+        inner_optimizer,
+        seed,
+        unroll,
+        canonical_convolutions,
+        noise_generator,
+        reuse_gradient,
+        keep_inner_state,
+    )
+
+
+def hopf_lax(
+    gamma: ScalarOrSchedule,
+    *,
+    num_steps: int = 20,
+    step_size: ScalarOrSchedule = 0.1,
+    alpha: ScalarOrSchedule = 0.75,
+    weight_decay: ScalarOrSchedule = 0.0,
+    inner_optimizer: optax.GradientTransformation | None = None,
+    unroll: int | bool | None = None,
+    canonical_convolutions: bool | None = None,
+    reuse_gradient: bool = True,
+    keep_inner_state: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Replaces the gradient by the gradient of the Hopf-Lax (Moreau) envelope.
+
+    The non-viscous Hamilton-Jacobi relaxation of *Deep Relaxation* (Chaudhari
+    et al. 2018): u(x, γ) = min_y f(y) + |x − y|²/(2γ), whose gradient is
+    (x − y*)/γ with y* = prox_{γf}(x). y* is estimated by L noise-free inner
+    steps with a running average::
+
+        y ← y − η′ (∇f_ℓ(y) + (y − x)/γ + λ y)
+        μ ← α μ + (1 − α) y                    (μ₀ = y₀ = x)
+        update = (x − μ)/γ
+
+    With α = 0 the output uses the last iterate y_L, the proximal-point
+    estimate itself. Then, with η′ = θγ, the loop is the fixed-point iteration
+    p ← (1 − θ) p + θ ∇f_ℓ(x − γ p) (p₀ = 0) of the envelope's gradient, which
+    solves p = ∇f(x − γp); p_ℓ = (x − y_ℓ)/γ. The Deep Relaxation code's
+    fixed-point optimizer uses θ = ¼. Gradient descent on the proximal problem
+    converges when η′ < 2/(Lip(∇f) + 1/γ); η′ < γ is necessary. The calling
+    convention is that of ``local_entropy`` (``grad_fn(y, i)`` for i = 1 … L − 1).
+
+    Args:
+      gamma: the PDE time (scope) γ > 0, float or schedule.
+      num_steps: L ≥ 1 inner steps per outer step.
+      step_size: inner step η′ > 0, float or schedule.
+      alpha: α ∈ [0, 1), weight of the old running average.
+      weight_decay: λ ≥ 0, L2 penalty inside the inner loop.
+      inner_optimizer: an Optax transform replacing the inner gradient step.
+      unroll: forwarded to ``jax.lax.scan``.
+      canonical_convolutions: see ``local_entropy``.
+      reuse_gradient: see ``local_entropy``.
+      keep_inner_state: see ``local_entropy``.
+    """
+    return _relaxation(
+        gamma,
+        num_steps,
+        step_size,
+        0.0,
+        alpha,
+        weight_decay,
+        inner_optimizer,
+        0,
+        unroll,
+        canonical_convolutions,
+        reuse_gradient=reuse_gradient,
+        keep_inner_state=keep_inner_state,
+    )

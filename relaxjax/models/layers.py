@@ -1,0 +1,71 @@
+"""Layers of relaxjax's networks: dropout with hashed masks, PyTorch-style BatchNorm."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from relaxjax.core import noise
+
+__all__ = [
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "DROPOUT_MASKS",
+    "HashDropout",
+    "batch_norm",
+    "dropout_layer",
+]
+
+BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum 0.1
+"""Flax's BatchNorm momentum (weight of the old statistic) of PyTorch's default 0.1."""
+BN_EPSILON = 1e-5
+"""PyTorch's BatchNorm epsilon."""
+
+
+class HashDropout(nn.Dropout):
+    """``nn.Dropout`` whose mask is drawn with relaxjax's counter hash instead of threefry.
+
+    Keeps each input with probability 1 − ``rate`` and scales it by 1/(1 − ``rate``),
+    like ``nn.Dropout``; the per-call key still comes from the ``"dropout"`` RNG stream,
+    but the mask (one uniform per activation) is the hash of ``relaxjax.core.noise`` keyed by
+    two words of that key, on the 2⁻²⁴ grid of ``jax.random.uniform``. On CPU,
+    threefry's masks for ``mnistfc``'s activations are a sizeable part of a training
+    step; ``benchmarks/inner_loop.py`` times both (its reference rows with flax's
+    ``nn.Dropout``). ``broadcast_dims`` share one mask value, as in ``nn.Dropout``.
+    """
+
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if deterministic or self.rate == 0.0:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        keep = 1.0 - self.rate
+        key = self.make_rng(self.rng_collection) if rng is None else rng
+        shape = [1 if d in self.broadcast_dims else n for d, n in enumerate(jnp.shape(inputs))]
+        u = noise.hash_uniform(jax.random.bits(key, (2,), jnp.uint32), tuple(shape))
+        mask = jnp.broadcast_to(u < 2.0 * keep - 1.0, jnp.shape(inputs))
+        return jnp.where(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
+def batch_norm(train: bool) -> nn.BatchNorm:
+    """``nn.BatchNorm`` with PyTorch's defaults (momentum 0.1 on the new statistic, ε = 1e-5)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+
+
+DROPOUT_MASKS = ("hash", "threefry")
+
+
+def dropout_layer(rate: float, *, train: bool, masks: str = "hash") -> nn.Dropout:
+    """A dropout layer of the networks: :class:`HashDropout` (``masks="hash"``) or
+    flax's ``nn.Dropout`` (``masks="threefry"``, the masks of ``jax.random.bernoulli``).
+
+    Both keep each input with probability 1 − ``rate`` and scale it by 1/(1 − ``rate``);
+    they draw different masks from the same ``"dropout"`` key.
+    """
+    if masks not in DROPOUT_MASKS:
+        raise ValueError(f"dropout masks must be one of {DROPOUT_MASKS}, got {masks!r}")
+    layer = HashDropout if masks == "hash" else nn.Dropout
+    return layer(rate, deterministic=not train)

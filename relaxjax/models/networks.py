@@ -1,0 +1,147 @@
+"""The networks of Deep Relaxation / Entropy-SGD, and a functional adapter for any Flax model.
+
+Architectures follow the authors' public PyTorch code (``python/models.py`` of
+the Entropy-SGD repository), as summarised in section 3 of
+``docs/deep-relaxation.md`` (Chaudhari et al., *Deep Relaxation*, 2018;
+*Entropy-SGD*, ICLR 2017):
+
+* :class:`MnistFC` (``mnistfc``): input dropout 0.2, 784-1024-1024-10 with
+  BatchNorm, ReLU and dropout 0.5 after each hidden layer.
+* :class:`LeNet` (``lenet``, the paper's ``mnistconv``): two
+  conv5x5-BN-ReLU-maxpool-dropout blocks (20 and 50 channels, pools 3 and 2),
+  then 200-500-10 with BN, ReLU and dropout 0.5.
+* :class:`AllCNN` (``allcnn``): All-CNN-C with BN (Springenberg et al. 2015),
+  c1 = 96, c2 = 192, input dropout 0.2, global average pooling.
+
+The Deep Relaxation paper's MNIST cells come from the authors' later research
+code (``code/models.py`` of their Hamilton-Jacobi repository, the same networks
+as in their Parle code), whose networks differ; they are registered as
+
+* ``mnistfc-dr``: dropout 0.2 (input and hidden), Dense-ReLU-BN order;
+* ``lenet-dr``: conv5x5-ReLU-maxpool-BN-dropout blocks, 200-500-10 *without*
+  BN on the 500-unit layer, dropout 0.25 throughout.
+
+Details kept from the original code: every convolution/dense layer has a
+bias (also before BN); BN comes *before* ReLU (in these three); the final 1x1 convolution of
+All-CNN is also followed by BN and ReLU (so All-CNN's logits are
+non-negative, exactly as in the reference code); max-pooling is
+non-overlapping with floor rounding. BatchNorm uses PyTorch's defaults,
+momentum 0.1 on the new statistic (``momentum=0.9`` in Flax) and
+``epsilon=1e-5``; Flax's running variance uses the biased batch variance
+where PyTorch uses the unbiased one. Initialisation is Flax's default
+(LeCun-normal kernels, zero biases; BN scale 1, bias 0), not PyTorch's
+uniform fan-in init; with BN after every layer the difference is minor.
+
+Inputs are NHWC (``(N, 28, 28, 1)`` for MNIST, ``(N, 32, 32, 3)`` for CIFAR)
+and are cast to float32; scaling/whitening is the data pipeline's job.
+
+:func:`functional` turns a :mod:`flax.linen` module or a :mod:`flax.nnx`
+module into a :class:`FunctionalModel` ``(init, apply)`` pair whose
+parameters and state are plain nested dicts of arrays, which is what the
+Optax-style training code of relaxjax works with.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from relaxjax.cpu.layers import PatchConv, max_pool_tiles
+from relaxjax.models.layers import batch_norm, dropout_layer
+
+
+class MnistFC(nn.Module):
+    """``mnistfc`` of Entropy-SGD / Deep Relaxation (1,867,786 parameters for 10 classes)."""
+
+    num_classes: int = 10
+    hidden: int = 1024
+    input_dropout: float = 0.2
+    dropout: float = 0.5
+    bn_after_relu: bool = False  # Dense-ReLU-BN (the Deep Relaxation code) for Dense-BN-ReLU
+    dropout_masks: str = "hash"  # "hash" (HashDropout) or "threefry" (flax nn.Dropout)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = jnp.asarray(x, jnp.float32).reshape((x.shape[0], -1))
+        x = dropout_layer(self.input_dropout, train=train, masks=self.dropout_masks)(x)
+        for _ in range(2):
+            x = nn.Dense(self.hidden)(x)
+            x = (
+                batch_norm(train)(nn.relu(x))
+                if self.bn_after_relu
+                else nn.relu(batch_norm(train)(x))
+            )
+            x = dropout_layer(self.dropout, train=train, masks=self.dropout_masks)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class LeNet(nn.Module):
+    """The paper's LeNet (``mnistconv`` in the original code), for 28x28 inputs."""
+
+    num_classes: int = 10
+    dropout: float = 0.5
+    conv_implementation: str = "auto"  # see PatchConv
+    bn_after_pool: bool = False  # conv-ReLU-pool-BN (Deep Relaxation code) for conv-BN-ReLU-pool
+    dense_bn: bool = True  # BatchNorm on the 500-unit layer (absent in the Deep Relaxation code)
+    dropout_masks: str = "hash"  # "hash" (HashDropout) or "threefry" (flax nn.Dropout)
+    pooling: str = "tiles"  # "tiles" (max_pool_tiles) or "xla" (nn.max_pool)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.pooling not in ("tiles", "xla"):
+            raise ValueError(f"pooling must be 'tiles' or 'xla', got {self.pooling!r}")
+
+        def pool(y: jax.Array, size: int) -> jax.Array:
+            if self.pooling == "xla":
+                return nn.max_pool(y, (size, size), strides=(size, size))
+            return max_pool_tiles(y, size)
+
+        x = jnp.asarray(x, jnp.float32)
+        for i, (features, size) in enumerate(((20, 3), (50, 2))):
+            x = PatchConv(features, (5, 5), self.conv_implementation, name=f"Conv_{i}")(x)
+            if self.bn_after_pool:
+                x = batch_norm(train)(pool(nn.relu(x), size))
+            else:
+                x = pool(nn.relu(batch_norm(train)(x)), size)
+            x = dropout_layer(self.dropout, train=train, masks=self.dropout_masks)(x)
+        x = x.reshape((x.shape[0], -1))  # 50 * 2 * 2 = 200 for 28x28 inputs
+        x = nn.Dense(500)(x)
+        x = nn.relu(batch_norm(train)(x) if self.dense_bn else x)
+        x = dropout_layer(self.dropout, train=train, masks=self.dropout_masks)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+class AllCNN(nn.Module):
+    """All-CNN-C with BatchNorm (``allcnn``), c1 = 96, c2 = 192, for 32x32 inputs."""
+
+    num_classes: int = 10
+    c1: int = 96
+    c2: int = 192
+    input_dropout: float = 0.2
+    dropout: float = 0.5
+    dropout_masks: str = "hash"  # "hash" (HashDropout) or "threefry" (flax nn.Dropout)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        def convbn(x: jax.Array, features: int, kernel: int, stride: int = 1) -> jax.Array:
+            pad = (kernel - 1) // 2  # PyTorch-style symmetric padding (1 for 3x3, 0 for 1x1)
+            x = nn.Conv(
+                features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad),) * 2
+            )(x)
+            return nn.relu(batch_norm(train)(x))
+
+        x = jnp.asarray(x, jnp.float32)
+        x = dropout_layer(self.input_dropout, train=train, masks=self.dropout_masks)(x)
+        x = convbn(x, self.c1, 3)
+        x = convbn(x, self.c1, 3)
+        x = convbn(x, self.c1, 3, stride=2)
+        x = dropout_layer(self.dropout, train=train, masks=self.dropout_masks)(x)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.c2, 3, stride=2)
+        x = dropout_layer(self.dropout, train=train, masks=self.dropout_masks)(x)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.c2, 3)
+        x = convbn(x, self.num_classes, 1)
+        return jnp.mean(x, axis=(1, 2))  # global average pooling (8x8 for 32x32 inputs)

@@ -1,0 +1,37 @@
+"""The training application: ``relaxjax train``, its loop, steps, presets and run directories.
+
+Needs the ``[train]`` extra. One outer step of a method with L inner steps consumes
+L fresh mini-batches, so an *effective epoch* is ``N // (B·L)`` outer steps for every
+method. Modules: :mod:`~relaxjax.train.config` (what defines a run),
+:mod:`~relaxjax.train.presets` (the papers' settings per data set),
+:mod:`~relaxjax.train.optimizers` (optimizers by name), :mod:`~relaxjax.train.steps`
+(the jitted steps), :mod:`~relaxjax.train.parle_steps`, :mod:`~relaxjax.train.emsa`,
+:mod:`~relaxjax.train.loop`, :mod:`~relaxjax.train.checkpoints`,
+:mod:`~relaxjax.train.runs` and :mod:`~relaxjax.train.cli`. See ``docs/cli.md``.
+"""
+
+from relaxjax.train.config import DataArrays, TrainConfig, TrainState
+from relaxjax.train.inputs import crop_flip, epoch_permutation, load_data
+from relaxjax.train.loop import init_state, run_epochs, train
+from relaxjax.train.optimizers import OptimizerConfig, make_optimizer
+from relaxjax.train.runs import iterate_runs, read_metrics
+from relaxjax.train.steps import make_eval_fn, make_statistics_refresh, make_train_step
+
+__all__ = [
+    "crop_flip",
+    "DataArrays",
+    "epoch_permutation",
+    "init_state",
+    "iterate_runs",
+    "load_data",
+    "make_eval_fn",
+    "make_optimizer",
+    "make_statistics_refresh",
+    "make_train_step",
+    "OptimizerConfig",
+    "read_metrics",
+    "run_epochs",
+    "train",
+    "TrainConfig",
+    "TrainState",
+]

@@ -1,0 +1,108 @@
+"""The configuration of a training run and the state its checkpoints hold."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+
+from relaxjax.train.optimizers import OptimizerConfig
+
+CIFAR = ("cifar10", "cifar100", "cifar10-jpeg")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as ``config.json`` in the run dir).
+
+    Attributes:
+      model: a name of ``relaxjax.models.MODELS``.
+      dataset: a name of ``relaxjax.data.DATASETS``.
+      optimizer: the outer/inner optimizer configuration.
+      epochs: budget in effective epochs (may be fractional).
+      batch_size: mini-batch size B of every gradient evaluation.
+      seed: seeds initialisation, data order, dropout, augmentation and noise.
+      augment: random crops (padding 4) and horizontal flips; default: CIFAR only.
+      zca: global contrast normalisation + ZCA whitening; default: CIFAR only.
+        Otherwise images are normalised per channel.
+      data_dir: where to look for the data first (see ``relaxjax.data``).
+      eval_batch_size: batch size of the evaluation pass.
+      train_limit: use only N training examples (smoke runs): the first N, or N
+        at evenly spaced positions where the first N lack classes that the split
+        has (an image folder is stored class by class).
+      test_limit: use only N test examples, chosen the same way.
+      devices: run data-parallel on a mesh of the first N devices (None: the
+        default device, unsharded). ``batch_size`` must be divisible by the
+        mesh's ``'data'`` axis.
+      refresh_batches: before every evaluation, re-estimate the BatchNorm
+        running statistics at the current weights from this many training
+        mini-batches (``batch_size`` each) with dropout off, as the original
+        code does before each validation (its "dry feed", see
+        :func:`make_statistics_refresh`); 0 turns it off. Models without
+        model state are unaffected.
+    """
+
+    model: str = "mnistfc"
+    dataset: str = "mnist"
+    optimizer: OptimizerConfig = OptimizerConfig()
+    epochs: float = 5.0
+    batch_size: int = 128
+    seed: int = 0
+    augment: bool | None = None
+    zca: bool | None = None
+    data_dir: str | None = None
+    eval_batch_size: int = 1000
+    train_limit: int | None = None
+    test_limit: int | None = None
+    devices: int | None = None
+    refresh_batches: int = 50
+
+    def __post_init__(self):
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.refresh_batches < 0:
+            raise ValueError(f"refresh_batches must be >= 0, got {self.refresh_batches}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def use_augmentation(self) -> bool:
+        return self.dataset in CIFAR if self.augment is None else self.augment
+
+    @property
+    def use_zca(self) -> bool:
+        return self.dataset in CIFAR if self.zca is None else self.zca
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> TrainConfig:
+        values = dict(values)
+        # Runs saved before the refresh existed were evaluated without one.
+        values.setdefault("refresh_batches", 0)
+        optimizer = dict(values.pop("optimizer"))
+        optimizer["lr_milestones"] = tuple(optimizer.get("lr_milestones", ()))
+        return cls(optimizer=OptimizerConfig(**optimizer), **values)
+
+
+class DataArrays(NamedTuple):
+    """Preprocessed float32 NHWC images and int32 labels, on the default device."""
+
+    train_images: jax.Array
+    train_labels: jax.Array
+    test_images: jax.Array
+    test_labels: jax.Array
+    num_classes: int
+
+
+class TrainState(NamedTuple):
+    """What a checkpoint holds: with the config, it determines the rest of the run."""
+
+    step: jax.Array  # outer steps taken
+    params: Any
+    model_state: Any  # e.g. BatchNorm running statistics
+    opt_state: Any
+    key: jax.Array  # raw PRNG key for dropout and augmentation
+    epoch_sums: jax.Array  # [train loss, train error] summed over this epoch's steps

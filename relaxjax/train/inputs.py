@@ -1,0 +1,69 @@
+"""The data of a training run on the device: loading, per-epoch order, augmentation.
+
+The training set lives on the accelerator; each outer step gathers its L
+mini-batches from a per-epoch permutation inside the jitted step (and
+augments them there), so the host never feeds batches. The permutation of
+epoch e is a function of (seed, e) only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from relaxjax import data as data_lib
+from relaxjax.train.config import DataArrays, TrainConfig
+
+
+def _limited(images: np.ndarray, labels: np.ndarray, limit: int | None):
+    """``limit`` examples: the first ones, or evenly spaced ones where the first lack
+    classes of the split (a class-sorted image folder would give one class only)."""
+    if limit is None or limit >= len(labels):
+        return images, labels
+    index = np.arange(limit)
+    if len(np.unique(labels[:limit])) < min(limit, len(np.unique(labels))):
+        index = np.linspace(0, len(labels) - 1, limit).round().astype(int)
+    return images[index], labels[index]
+
+
+def load_data(config: TrainConfig) -> DataArrays:
+    """Loads, preprocesses (paper's preprocessing) and places the data set on device."""
+    train_x, train_y = data_lib.load_dataset(config.dataset, "train", data_dir=config.data_dir)
+    test_x, test_y = data_lib.load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    train_x, train_y = _limited(train_x, train_y, config.train_limit)
+    test_x, test_y = _limited(test_x, test_y, config.test_limit)
+    if config.use_zca:
+        train_f, test_f, _ = data_lib.zca_whiten(train_x, test_x)
+    else:
+        stats = data_lib.channel_stats(train_x)
+        train_f, test_f = data_lib.normalize(train_x, stats), data_lib.normalize(test_x, stats)
+    num_classes = data_lib.dataset_info(config.dataset).num_classes or int(train_y.max()) + 1
+    return DataArrays(
+        jnp.asarray(train_f, jnp.float32),
+        jnp.asarray(train_y, jnp.int32),
+        jnp.asarray(test_f, jnp.float32),
+        jnp.asarray(test_y, jnp.int32),
+        num_classes,
+    )
+
+
+def crop_flip(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
+    """Random crops of the zero-padded images and random horizontal flips, on device."""
+    n, h, w, _ = images.shape
+    crop_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * padding + 1)
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, image.shape[-1]))
+
+    cropped = jax.vmap(crop)(padded, offsets)
+    flips = jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1))
+    return jnp.where(flips, cropped[:, :, ::-1], cropped)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
+    """The order of the training set in epoch ``epoch``: a function of (seed, epoch) only."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED), epoch)
+    return jax.random.permutation(key, n)

@@ -1,0 +1,211 @@
+"""The optimizers of the training command, built by name from a configuration.
+
+Names: ``sgd`` (Nesterov), ``adam``, ``entropy-sgd``, ``entropy-adam``, ``hj``, ``parle``.
+Relaxation methods take L inner steps per outer step and therefore consume L
+mini-batches (L gradient evaluations) per outer step; ``sgd`` and ``adam`` take
+one. Learning rates follow a step decay in *effective epochs* (passes over
+the training data), so every method is scheduled by the work it has done.
+
+Outer learning rate of the relaxation methods: the transforms return the
+relaxed gradient (x − μ)/γ of *Deep Relaxation*; the command's ``lr`` is the
+original code's rate on the displacement x − μ, so the outer step is
+``lr · (x − μ) = (lr · γ_t) · (x − μ)/γ_t``. ``lr = 1`` without momentum
+moves x to the running average μ: for Hopf-Lax that is the proximal-point
+step x ← prox_{γf}(x).
+
+``parle`` (``relaxjax.parle``): n = ``replicas`` Entropy-SGD replicas, each on
+its own L mini-batches, so an outer step costs n·L gradient evaluations. In
+the original code's convention the outer direction is (x − μ) + ρ (x − x̄) at
+rate ``lr``, with both couplings scoped by ``scoping`` per outer step and capped
+(scope γ ≥ ``gamma_min``, ρ ≤ ``elastic_rho_max``); it is passed to ``relaxjax.parle``
+as rate lr·γ_t on the relaxed gradient and ρ_t/γ_t on x − x̄.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from relaxjax.core.parle import coupling_schedule, parle
+from relaxjax.core.relaxation import hopf_lax, local_entropy
+from relaxjax.core.schedules import scoping
+
+__all__ = ["OPTIMIZERS", "OptimizerConfig", "make_optimizer"]
+
+OPTIMIZERS = ("sgd", "entropy-sgd", "hj", "adam", "entropy-adam", "parle", "emsa")
+RELAXATIONS = ("entropy-sgd", "hj", "entropy-adam", "parle")
+# The relaxations whose inner loop is plain SGD, and so can take inner momentum.
+INNER_SGD_RELAXATIONS = ("entropy-sgd", "hj")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Hyper-parameters of the outer and inner optimizers (paper notation).
+
+    Attributes:
+      name: one of ``OPTIMIZERS``.
+      lr: outer learning rate (for relaxations, the rate on x − μ; see module doc).
+      lr_decay: factor applied at each milestone.
+      lr_milestones: effective epochs at which the rate is multiplied by ``lr_decay``.
+      momentum: outer (Nesterov) momentum; Adam ignores it.
+      weight_decay: L2 coefficient λ (inside the inner loop for relaxations).
+      num_steps: L, inner steps per outer step (relaxations only).
+      gamma: initial scope γ₀ (PDE time, = 1/coupling of the original code).
+      scoping: per-outer-step growth r of the coupling 1/γ: γ_t = γ₀ (1 + r)^−t.
+      step_size: inner step η′ (the inner Adam step for entropy-adam).
+      noise: Langevin noise ε (temperature ε²); HJ uses none.
+      alpha: running-average weight α on the old average.
+      inner_momentum: Nesterov momentum of the inner SGD steps (``entropy-sgd``,
+        ``hj``), its buffer carried across outer steps as in the authors' PyTorch
+        code (0.9 there); 0 (default): plain inner SGD, the papers' algorithm.
+      replicas: Parle's number of replicas n (``parle`` only).
+      elastic_rho: Parle's initial elastic coupling ρ₀ on x − x̄ (original code's convention).
+      elastic_rho_max: cap on ρ_t = ρ₀ (1 + scoping)^t (Parle).
+      gamma_min: floor on the scope γ_t (Parle; the original code caps 1/γ at 1).
+      msa_rho: E-MSA penalty ρ of the augmented Hamiltonian (``emsa`` only; trained by
+        ``relaxjax.train.emsa``, not an Optax transformation; 0.03: the authors' MNIST code).
+      msa_inner_optimizer: E-MSA per-layer maximiser, ``lbfgs`` (paper), ``adam`` or ``sgd``.
+      msa_inner_steps: its iterations per layer and E-MSA iteration (paper: 10).
+      msa_inner_lr: its learning rate (``adam``/``sgd`` only).
+      msa_init_noise: half-width of uniform noise on each layer's inner starting point.
+      msa_penalty: ``sum`` (the paper's formula) or ``mean`` penalty normalisation.
+    """
+
+    name: str = "entropy-sgd"
+    lr: float = 1.0
+    lr_decay: float = 0.2
+    lr_milestones: tuple[float, ...] = ()
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    num_steps: int = 20
+    gamma: float = 1e4
+    scoping: float = 1e-3
+    step_size: float = 0.1
+    noise: float = 1e-4
+    alpha: float = 0.75
+    inner_momentum: float = 0.0
+    replicas: int = 1
+    elastic_rho: float = 0.0
+    elastic_rho_max: float = 1.0
+    gamma_min: float = 1.0
+    msa_rho: float = 0.03
+    msa_inner_optimizer: str = "lbfgs"
+    msa_inner_steps: int = 10
+    msa_inner_lr: float = 0.01
+    msa_init_noise: float = 0.0
+    msa_penalty: str = "sum"
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.name!r}; valid optimizers: {', '.join(OPTIMIZERS)}"
+            )
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if not 0.0 <= self.inner_momentum < 1.0:
+            raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum}")
+        if self.inner_momentum and self.name not in INNER_SGD_RELAXATIONS:
+            raise ValueError(
+                f"inner_momentum applies to the inner SGD of entropy-sgd and hj, not {self.name!r}"
+            )
+
+    @property
+    def inner_steps(self) -> int:
+        """Gradient evaluations (mini-batches) per outer step."""
+        if self.name == "parle":
+            return self.num_steps * self.replicas
+        return self.num_steps if self.name in RELAXATIONS else 1
+
+
+def _decay(config: OptimizerConfig, outer_steps_per_epoch: float) -> Callable:
+    boundaries = {
+        int(round(m * outer_steps_per_epoch)): config.lr_decay for m in config.lr_milestones
+    }
+    return optax.piecewise_constant_schedule(1.0, boundaries)
+
+
+def make_optimizer(
+    config: OptimizerConfig, outer_steps_per_epoch: float, *, seed: int = 0, mesh=None
+) -> optax.GradientTransformationExtraArgs:
+    """Builds the named optimizer; ``outer_steps_per_epoch`` converts epochs to steps.
+
+    ``mesh`` (``relaxjax.core.mesh.make_mesh``) lays Parle's replicas out on devices.
+    """
+    if config.name == "emsa":
+        raise ValueError("emsa is not an Optax transformation; train it with relaxjax.train.emsa")
+    decay = _decay(config, outer_steps_per_epoch)
+    if config.name == "parle":
+        return _make_parle(config, decay, seed, mesh)
+    nesterov = dict(momentum=config.momentum or None, nesterov=bool(config.momentum))
+    if config.name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(config.weight_decay),
+            optax.sgd(lambda t: config.lr * decay(t), **nesterov),
+        )
+        return optax.with_extra_args_support(tx)
+    if config.name == "adam":
+        tx = optax.chain(
+            optax.add_decayed_weights(config.weight_decay),
+            optax.adam(lambda t: config.lr * decay(t)),
+        )
+        return optax.with_extra_args_support(tx)
+
+    gamma = scoping(config.gamma, config.scoping)
+    common = dict(
+        gamma=gamma,
+        num_steps=config.num_steps,
+        step_size=config.step_size,
+        alpha=config.alpha,
+        weight_decay=config.weight_decay,
+        # The training step uses its gradient at x only as the relaxation's input, so
+        # inner step 0 evaluates it in the loop instead: XLA drops the step's own backward
+        # pass and the compiled step holds one copy of the gradient (compile time flat in L).
+        reuse_gradient=False,
+    )
+    if config.inner_momentum:
+        inner_sgd = optax.sgd(config.step_size, momentum=config.inner_momentum, nesterov=True)
+        common.update(inner_optimizer=inner_sgd, keep_inner_state=True)
+    if config.name == "hj":
+        relaxation = hopf_lax(**common)
+    elif config.name == "entropy-adam":
+        inner = optax.adam(config.step_size)
+        relaxation = local_entropy(**common, noise=config.noise, inner_optimizer=inner, seed=seed)
+    else:
+        relaxation = local_entropy(**common, noise=config.noise, seed=seed)
+
+    def outer_rate(t: jax.Array) -> jax.Array:
+        return config.lr * decay(t) * gamma(t)
+
+    return optax.chain(relaxation, optax.sgd(outer_rate, **nesterov))
+
+
+def _make_parle(config: OptimizerConfig, decay: Callable, seed: int, mesh):
+    gamma = scoping(config.gamma, config.scoping, final_gamma=min(config.gamma_min, config.gamma))
+    rho = coupling_schedule(config.elastic_rho, config.scoping, maximum=config.elastic_rho_max)
+    return parle(
+        lambda t: config.lr * decay(t) * gamma(t),
+        gamma=gamma,
+        rho=lambda t: rho(t) / gamma(t),
+        num_replicas=config.replicas,
+        num_steps=config.num_steps,
+        step_size=config.step_size,
+        noise=config.noise,
+        alpha=config.alpha,
+        momentum=config.momentum or None,
+        nesterov=bool(config.momentum),
+        weight_decay=config.weight_decay,
+        seed=seed,
+        mesh=mesh,
+    )
+
+
+def outer_gamma(config: OptimizerConfig, step: int | jax.Array) -> jax.Array:
+    """The scope γ at an outer step (NaN for methods without one), for logging."""
+    if config.name not in RELAXATIONS:
+        return jnp.nan
+    final = min(config.gamma_min, config.gamma) if config.name == "parle" else None
+    return scoping(config.gamma, config.scoping, final_gamma=final)(step)
