@@ -1,21 +1,34 @@
-"""Machine and library versions recorded beside every benchmark figure."""
+"""Machine and library versions recorded beside every benchmark figure, and the one way
+the benchmarks write JSON (``write_json``: strict JSON, null where a value is missing)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import jax
 import optax
 
 import relaxjax
 from relaxjax.cpu.xla_flags import apply_cpu_settings
+from relaxjax.data.atomic import atomic_write
 
-__all__ = ["command_line", "environment", "machine", "now", "versions"]
+__all__ = [
+    "command_line",
+    "environment",
+    "json_text",
+    "machine",
+    "now",
+    "versions",
+    "write_json",
+]
 
 # What `relaxjax train` uses; the scripts import this module before any JAX computation.
 apply_cpu_settings()
@@ -64,3 +77,24 @@ def command_line(script: str, argv: list[str] | None) -> str:
     (``sys.argv[1:]`` when None), quoted, as run from the repository root."""
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join(["python", f"benchmarks/{Path(script).name}", *args])
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """``json.dumps(value, **options)`` as strict JSON: a NaN or infinity raises ValueError.
+    A measurement that does not exist is written None (null), never NaN."""
+    return json.dumps(value, allow_nan=False, **options)
+
+
+def write_json(
+    path: str | os.PathLike,
+    value: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> None:
+    """Writes ``value`` to ``path`` as strict JSON (``json_text``), atomically
+    (``relaxjax.data.atomic``: a failed write leaves the old file), creating its folder."""
+    text = json_text(value, indent=indent, sort_keys=sort_keys, default=default)
+    with atomic_write(path) as (f, _):
+        f.write(text.encode())

@@ -22,8 +22,10 @@ SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop_xla_cpu_flags", "Inner loop under XLA:CPU's flag settings"),
     ("inner_loop_xla_cpu_interleave", "Inner loop with LLVM loop interleaving (not set)"),
     ("inner_loop_vector_width_in_process", "Vector width, both compiled in one process"),
-    ("inner_loop_gpu", "Inner-loop efficiency on a GPU (benchmarks/device_session.py)"),
+    ("gpu_benchmarks", "The GPU benchmarks: the GPU, what ran (benchmarks/gpu_benchmarks.py)"),
+    ("inner_loop_gpu", "Inner-loop efficiency on a GPU"),
     ("inner_loop_allcnn_gpu", "Inner-loop efficiency on All-CNN on a GPU"),
+    ("inner_loop_scaling_gpu", "Compile time and memory against L on a GPU"),
     ("pytorch_comparison", "Against an eager PyTorch Entropy-SGD"),
     ("pytorch_comparison_lenet_dr", "Against an eager PyTorch Entropy-SGD, on lenet-dr"),
     ("pytorch_comparison_gpu", "Against an eager PyTorch Entropy-SGD, on a GPU"),
@@ -64,6 +66,11 @@ def main() -> int:
             # Images in a results file are relative to results/.
             text = text.replace("](paper_table.png)", "](results/paper_table.png)")
             parts.append(_demote(text))
+        elif stem.endswith("_gpu") or stem == "gpu_benchmarks":
+            parts.append(
+                f"Not measured yet (`benchmarks/results/{stem}.md` absent; "
+                "`python benchmarks/gpu_benchmarks.py` on a machine with a GPU writes it).\n"
+            )
         else:
             parts.append(f"Not measured yet (`benchmarks/results/{stem}.md` absent).\n")
     (HERE / "RESULTS.md").write_text("\n".join(parts) + "\n")

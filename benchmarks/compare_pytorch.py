@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -60,6 +59,7 @@ from relaxjax.cpu.xla_flags import apply_cpu_settings
 from relaxjax.train.optimizers import OptimizerConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import write_json  # noqa: E402
 from torch_entropy_sgd import EntropySGD, get_torch_model  # noqa: E402
 
 TARGET_RATIO = 0.8  # the target: relaxjax <= 0.8 x PyTorch per effective epoch
@@ -423,7 +423,7 @@ def write_results(
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"environment": env, "results": rows}
-    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(out_dir / f"{stem}.json", payload)
     (out_dir / f"{stem}.md").write_text(markdown(env, rows))
 
 

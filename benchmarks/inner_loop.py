@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ import relaxjax
 from relaxjax import models
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import command_line, environment  # noqa: E402
+from _env import command_line, environment, write_json  # noqa: E402
 
 # name -> keyword arguments of relaxjax.local_entropy; "model": options of the network
 # (relaxjax.models.get_model), for the reference rows that change the network.
@@ -207,7 +206,9 @@ def time_candidates(
     threefry_masks = (("dropout_masks", "threefry"),)
     if any(options.get("model") == dict(threefry_masks) for options in candidates.values()):
         flax_params, flax_batches, flax_grad = _problem(name, num_steps, batch_size, threefry_masks)
-        runners[FLAX_DROPOUT_BASELINE] = sgd_baseline(flax_grad, flax_params, flax_batches, num_steps)
+        runners[FLAX_DROPOUT_BASELINE] = sgd_baseline(
+            flax_grad, flax_params, flax_batches, num_steps
+        )
     compile_seconds = {}
     for label, options in candidates.items():
         options = dict(options)
@@ -373,11 +374,9 @@ def write_results(
         "rounds": args.rounds,
         "repeats": args.repeats,
     }
-    (out_dir / f"{stem}.json").write_text(
-        json.dumps(
-            {**header, "timing": timing, "scaling": scaling, "pooling": pooling, "noise": noise},
-            indent=2,
-        )
+    write_json(
+        out_dir / f"{stem}.json",
+        {**header, "timing": timing, "scaling": scaling, "pooling": pooling, "noise": noise},
     )
     lines = [
         "# Inner-loop efficiency",

@@ -14,7 +14,6 @@ permutation plus augmentation — jitted by itself, and reports (b)/(a).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from relaxjax import models, train
 from relaxjax.train.optimizers import OptimizerConfig, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import environment  # noqa: E402
+from _env import environment, json_text, write_json  # noqa: E402
 
 
 def _median_seconds(fn, args, repeats):
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
         rows.append(
             measure(name, L, args.batch_size, max(10_000, 2 * L * args.batch_size), args.repeats)
         )
-        print(json.dumps(rows[-1]), flush=True)
+        print(json_text(rows[-1]), flush=True)
     header = {
         "command": "python benchmarks/input_pipeline.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "input_pipeline.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
+    write_json(out / "input_pipeline.json", {**header, "rows": rows})
     lines = [
         "# Input pipeline's share of a training step",
         "",

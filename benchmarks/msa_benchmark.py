@@ -53,7 +53,7 @@ from relaxjax.train import DataArrays, TrainConfig, emsa, epoch_permutation, loa
 from relaxjax.train.optimizers import OptimizerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import command_line, environment  # noqa: E402
+from _env import command_line, environment, write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -488,12 +488,13 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         metric = _metric(task)
         for r in task_runs:
             reached = [c for c in CHECKPOINTS if c <= r["iterations"]]
+            spi = r["seconds_per_iteration"]  # None: no iteration was timed
             rows.append(
                 {
                     "task": task,
                     "method": r["method"],
                     "iterations": r["iterations"],
-                    "ms_per_iteration": 1e3 * (r["seconds_per_iteration"] or float("nan")),
+                    "ms_per_iteration": None if spi is None else 1e3 * spi,
                     "metric": metric,
                     "initial": r["curve"][0][metric],
                     "at_iteration": {c: _exactly_at(r["curve"], c, metric) for c in reached},
@@ -526,8 +527,9 @@ def _task_table(rows: list[dict[str, Any]]) -> list[str]:
         values = " | ".join(
             _fmt(r["at_iteration"].get(c, r["at_iteration"].get(str(c)))) for c in points
         )
+        ms = "–" if r["ms_per_iteration"] is None else f"{r['ms_per_iteration']:.1f}"
         lines.append(
-            f"| {r['method']} | {r['ms_per_iteration']:.1f} | {r['iterations']} | "
+            f"| {r['method']} | {ms} | {r['iterations']} | "
             f"{_fmt(r['initial'])} | {values} | {_fmt(r['at_emsa_seconds'])} | "
             f"{_fmt(r['final'])} |"
         )
@@ -804,13 +806,13 @@ def main(argv: list[str] | None = None) -> int:
     stem = "msa_smoke" if args.smoke else "msa"
     if args.timing:
         timing = run_timing(args, budget, argv, print)
-        (args.out_dir / f"{stem}_step_timing.json").write_text(json.dumps(timing, indent=1))
+        write_json(args.out_dir / f"{stem}_step_timing.json", timing, indent=1)
     if args.rho_sweep:
         sweep = run_rho_sweep(args, budget, argv, print)
-        (args.out_dir / f"{stem}_rho_sweep.json").write_text(json.dumps(sweep, indent=1))
+        write_json(args.out_dir / f"{stem}_rho_sweep.json", sweep, indent=1)
     if args.tasks:
         results = run_tasks(args, budget, argv, print)
-        (args.out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1, default=float))
+        write_json(args.out_dir / f"{stem}.json", results, indent=1, default=float)
     if (args.out_dir / f"{stem}.json").exists():
         write_results(args.out_dir, stem, print)
     return 0

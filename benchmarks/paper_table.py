@@ -7,17 +7,20 @@ the authors' Deep Relaxation research code (``mnistfc-dr``, ``lenet-dr``), which
 produced the paper's cells; ``--models mnistfc lenet`` trains the Entropy-SGD
 PyTorch port's networks instead; ``--models allcnn`` trains All-CNN-BN on CIFAR-10
 (the JPEG copy in ``../shared/data``; a GPU's work: one All-CNN gradient takes seconds
-on a 2-core CPU). It writes
+on a 2-core CPU; ``benchmarks/gpu_benchmarks.py --cifar-seconds N`` runs its cells
+time-boxed on a GPU, resuming where the last call stopped). It writes
 
 * ``benchmarks/results/paper_table.md``: final test error (mean ± std over
   seeds), the best test error and the effective epochs at which it was first
-  reached, beside the paper's numbers (``../shared/docs/deep-relaxation.md`` §4);
+  reached, beside the paper's numbers (``docs/deep-relaxation.md`` §4);
 * ``benchmarks/results/paper_table.json`` and ``paper_table.png`` (test error
-  against effective epochs, one curve per run);
+  against effective epochs: one panel per network, the mean over seeds of each row
+  with its min-max band, the paper's cell marked);
 * the run directories under ``--runs-dir`` (``relaxjax plot`` works on them), and
-  each finished run's ``config.json`` and ``metrics.jsonl`` in ``--records-dir``
-  (``benchmarks/results/paper_runs``, committed): the table is built from these
-  records, and a run recorded in full is not trained again.
+  each finished run's record in ``--records-dir`` (``benchmarks/results/paper_runs``,
+  committed: ``config.json``, ``environment.json`` and ``metrics.jsonl``, in the one
+  format ``benchmarks/results/paper_runs/README.md`` describes): the table is built
+  from these records, and a run recorded in full is not trained again.
 
 Runs go seed by seed (every cell of seed 0, then of seed 1, ...), so a job that
 is stopped leaves a table with every cell it reached; rerunning the command
@@ -44,15 +47,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from relaxjax.data.atomic import atomic_copy
-from relaxjax.plots.curves import plot_runs
+from relaxjax.data.atomic import atomic_copy, atomic_write
+from relaxjax.plots.curves import plot_curves, run_curves
 from relaxjax.train import TrainConfig, cli, read_metrics, train
-from relaxjax.train.runs import config_differences, write_json_atomic
 from relaxjax.train.optimizers import INNER_SGD_RELAXATIONS
-from relaxjax.train.runs import iterate_runs
+from relaxjax.train.runs import config_differences, iterate_runs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import command_line, environment  # noqa: E402
+from _env import command_line, environment, json_text, write_json  # noqa: E402
 
 # Effective-epoch budgets and test errors (%) of the papers (deep-relaxation.md §4), by
 # network. "ES" is Table 1 of the Entropy-SGD paper (ICLR 2017); "DR" the Deep Relaxation
@@ -172,35 +174,66 @@ def run_one(config: TrainConfig, run_dir: Path) -> Path:
 # How this code's networks draw dropout masks, kept in every record: since 2026-11-30 the
 # counter hash of relaxjax.models.HashDropout; before, flax's nn.Dropout (threefry bits).
 DROPOUT_MASKS = "hash (relaxjax.models.HashDropout)"
+FLAX_DROPOUT_MASKS = "flax (nn.Dropout, threefry bits)"  # the runs recorded before
+
+# A record's files and its environment.json's keys (results/paper_runs/README.md).
+RECORD_FILES = ("config.json", "environment.json", "metrics.jsonl")
+ENVIRONMENT_KEYS = ("dropout_masks", "machine", "recorded", "versions")
+
+
+def _nan_to_null(constant: str) -> None:
+    if constant != "NaN":  # an infinite error or loss is not a missing value
+        raise ValueError(f"{constant} in a metrics.jsonl line")
+    return None
+
+
+def _metrics_line(line: str) -> str:
+    """A ``metrics.jsonl`` line of ``relaxjax train`` as a record keeps it: strict JSON,
+    null where the run wrote NaN (``gamma`` of an optimizer without a scope)."""
+    return json_text(json.loads(line, parse_constant=_nan_to_null))
 
 
 def record(run_dir: Path, records_dir: Path) -> Path:
     """Copies a run's ``config.json`` and ``metrics.jsonl`` (not its checkpoints) into
-    ``records_dir``: the committed record the table is built from."""
+    ``records_dir``, with its ``environment.json``: the committed record the table is
+    built from (the format of results/paper_runs/README.md)."""
     target = records_dir / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "metrics.jsonl"):
-        atomic_copy(run_dir / name, target / name)
-    write_json_atomic(
+    atomic_copy(run_dir / "config.json", target / "config.json")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    with atomic_write(target / "metrics.jsonl") as (f, _):
+        f.write("".join(_metrics_line(line) + "\n" for line in lines if line.strip()).encode())
+    write_json(
         target / "environment.json",
         {**environment(date_key="recorded"), "dropout_masks": DROPOUT_MASKS},
+        sort_keys=True,
     )
     return target
 
 
-def _recorded_environment(run_dir: Path) -> dict:
-    """A record's ``environment.json`` ({} for records made before it existed)."""
+def recorded_environment(run_dir: Path) -> dict:
+    """A record's ``environment.json``. A record without one of ``RECORD_FILES``, or whose
+    environment has other keys than ``ENVIRONMENT_KEYS``, raises ValueError: it is not in
+    the records' format (results/paper_runs/README.md)."""
+    missing = [name for name in RECORD_FILES if not (Path(run_dir) / name).is_file()]
+    if missing:
+        raise ValueError(f"{run_dir}: no {', '.join(missing)} (see results/paper_runs/README.md)")
     path = Path(run_dir) / "environment.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    found = json.loads(path.read_text())
+    if sorted(found) != sorted(ENVIRONMENT_KEYS):
+        raise ValueError(
+            f"{path}: keys {sorted(found)}, not {list(ENVIRONMENT_KEYS)} "
+            "(see results/paper_runs/README.md)"
+        )
+    return found
 
 
 def hash_dropout_runs(run_dirs: list[Path]) -> list[str]:
-    """The recorded runs whose environment says their dropout masks came from the hash
-    (``DROPOUT_MASKS``); records without the field predate it and drew flax's masks."""
+    """The recorded runs whose dropout masks came from the hash (``DROPOUT_MASKS``)."""
     return [
         Path(run_dir).name
         for run_dir in run_dirs
-        if _recorded_environment(run_dir).get("dropout_masks") == DROPOUT_MASKS
+        if recorded_environment(run_dir)["dropout_masks"] == DROPOUT_MASKS
     ]
 
 
@@ -208,7 +241,7 @@ def run_machines(run_dirs: list[Path]) -> list[str]:
     """The distinct machine lines the recorded runs were trained on."""
     found = []
     for run_dir in run_dirs:
-        line = _recorded_environment(run_dir).get("machine", "not recorded")
+        line = recorded_environment(run_dir)["machine"]
         if line not in found:
             found.append(line)
     return found
@@ -307,11 +340,41 @@ def _fmt_matched(row: dict) -> str:
     return text
 
 
+def curve_labels(rows: list[dict]) -> dict[str, str]:
+    """The legend label of each recorded run (by name) in ``paper_table.png``: its row's
+    optimizer as the table writes it (with the variant), and its BN statistics when a cell
+    has rows of both, so that each row of the table is one curve."""
+    labels = {}
+    for r in rows:
+        label = _fmt_optimizer(r)
+        if sum(o["model"] == r["model"] and _fmt_optimizer(o) == label for o in rows) > 1:
+            label += f", {_fmt_refresh(r['refresh'])}"
+        labels.update({name: label for name in r["seed_names"]})
+    return labels
+
+
+def plot_table(rows: list[dict], run_dirs: list[Path], output: Path) -> None:
+    """``paper_table.png``: test error against effective epochs, one panel per model, one
+    curve per row of the table (mean over its seeds, min–max band), and each default row's
+    paper cell (DR, the column 'target' is judged by) marked at its effective epochs."""
+    labels = curve_labels(rows)
+    curves = [
+        c._replace(optimizer=labels.get(Path(c.run).name, c.optimizer))
+        for c in run_curves(iterate_runs([str(d) for d in run_dirs]))
+    ]
+    cells = {
+        (r["model"], labels[r["seed_names"][0]]): r["paper"]["DR"]
+        for r in rows
+        if r.get("variant", "default") == "default" and r["seed_names"]
+    }
+    plot_curves(curves, paper_cells=cells, output=output)
+
+
 def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "paper_table.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
+    write_json(out_dir / "paper_table.json", {**header, "rows": rows})
     if run_dirs:
-        plot_runs(iterate_runs([str(d) for d in run_dirs]), output=out_dir / "paper_table.png")
+        plot_table(rows, run_dirs, out_dir / "paper_table.png")
     hashed = hash_dropout_runs(run_dirs)
     lines = [
         "# The paper's table (relaxjax)",
@@ -493,8 +556,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--records-dir",
         default=None,
-        help="where each run's config.json and metrics.jsonl are copied, the table's source "
-        "[OUT_DIR/paper_runs]",
+        help="where each run's record (config.json, environment.json, metrics.jsonl) is "
+        "written, the table's source [OUT_DIR/paper_runs]",
     )
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--data-dir", default=None)
@@ -557,7 +620,7 @@ def main(argv=None) -> int:
             if len(ran) > len(read_metrics(Path(args.records_dir) / name)):
                 record(Path(args.runs_dir) / name, Path(args.records_dir))
     for row in report(args, command, start):
-        print(json.dumps(row), flush=True)
+        print(json_text(row), flush=True)
     return 0
 
 

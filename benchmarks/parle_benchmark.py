@@ -305,9 +305,9 @@ def machine() -> str:
     import jax
     from _env import machine as host
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "not available"
     return (
-        f"{host()}, {jax.device_count()} simulated devices; 1-min load average {load:.1f} "
+        f"{host()}, {jax.device_count()} simulated devices; 1-min load average {load} "
         "at the end (other work shared the host)"
     )
 
@@ -542,7 +542,9 @@ def write_results(out_dir: Path, command: str, args, runs, comm, rows, param_byt
         "communication": comm,
         "scaling": rows,
     }
-    (out_dir / "parle.json").write_text(json.dumps(result, indent=2))
+    from _env import write_json
+
+    write_json(out_dir / "parle.json", result)
     write_markdown(result, out_dir)
 
 

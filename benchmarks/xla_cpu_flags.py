@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import command_line, environment  # noqa: E402
+from _env import command_line, environment, write_json  # noqa: E402
 from inner_loop import (  # noqa: E402
     BASELINE,
     CANDIDATES,
@@ -143,9 +143,7 @@ def write_results(
         ]
         for setting, results in runs.items()
     }
-    (out_dir / f"{stem}.json").write_text(
-        json.dumps({**header, "rows": rows, "processes": processes}, indent=2)
-    )
+    write_json(out_dir / f"{stem}.json", {**header, "rows": rows, "processes": processes})
     lines = [
         "# XLA:CPU flag settings",
         "",
@@ -249,7 +247,7 @@ def write_in_process(out_dir: Path, stem: str, command: str, rows: list[dict], a
         "rounds": args.rounds,
         "repeats": args.repeats,
     }
-    (out_dir / f"{stem}.json").write_text(json.dumps({**header, "rows": rows}, indent=2))
+    write_json(out_dir / f"{stem}.json", {**header, "rows": rows})
     lines = [
         "# XLA:CPU vector width, in one process",
         "",

@@ -116,6 +116,17 @@ class Grid:
       lower: lower corner, one float per dimension.
       upper: upper corner, one float per dimension.
       num: number of nodes per dimension (at least 3).
+
+    Raises:
+      ValueError: for lengths that differ, ``upper <= lower`` or fewer than 3 nodes.
+
+    Example:
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid((-1.0, 0.0), (1.0, 2.0), (5, 3))
+      >>> grid.shape, grid.spacing, grid.size
+      ((5, 3), (0.5, 1.0), 15)
+      >>> grid.nodes().shape, grid.points().shape
+      ((5, 3, 2), (15, 2))
     """
 
     lower: tuple[float, ...]
@@ -223,6 +234,25 @@ def uniform_grid(
 
     Scalars are broadcast against sequences, e.g. ``uniform_grid(-3, 3, (101, 81))``
     is a 2-D grid on ``[-3, 3]^2``.
+
+    Args:
+      lower: the lower corner, a float (all dimensions) or one per dimension.
+      upper: the upper corner, likewise.
+      num: the number of nodes, an int (all dimensions) or one per dimension.
+
+    Returns:
+      The :class:`Grid`.
+
+    Raises:
+      ValueError: for sequences of different lengths, and as :class:`Grid`.
+
+    Example:
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-1, 1, 5)
+      >>> grid.ndim, grid.spacing, grid.nodes().tolist()
+      (1, (0.5,), [-1.0, -0.5, 0.0, 0.5, 1.0])
+      >>> pde.uniform_grid(-3, 3, (101, 81)).shape
+      (101, 81)
     """
     seqs = [v for v in (lower, upper, num) if isinstance(v, Sequence)]
     d = len(seqs[0]) if seqs else 1
@@ -249,7 +279,25 @@ def _eval_loss(f: LossFn, pts: Array, d: int) -> Array:
 
 
 def grid_values(f: Loss, grid: Grid) -> Array:
-    """Values of the loss ``f`` (a callable or sampled values) on ``grid``, shape ``grid.shape``."""
+    """Values of the loss ``f`` (a callable or sampled values) on ``grid``, shape ``grid.shape``.
+
+    Args:
+      f: a vectorised callable (see the module's conventions) or its values on
+        ``grid``.
+      grid: the grid.
+
+    Returns:
+      The values, an array of shape ``grid.shape`` in the default float dtype.
+
+    Raises:
+      ValueError: if sampled values do not have the grid's shape.
+
+    Example:
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid((0.0, 0.0), (1.0, 2.0), (3, 3))
+      >>> pde.grid_values(lambda y: y[..., 0] + y[..., 1], grid).tolist()
+      [[0.0, 1.0, 2.0], [0.5, 1.5, 2.5], [1.0, 2.0, 3.0]]
+    """
     if callable(f):
         return _eval_loss(f, grid.points(), grid.ndim).reshape(grid.shape)
     values = jnp.asarray(f, dtype=jnp.result_type(float))
@@ -360,7 +408,14 @@ def _axis_pass(fn: Callable[[Any], Any], arrays: Sequence[Array], queries: Any, 
 
 
 class GibbsMoments(NamedTuple):
-    """Mean and covariance of the Gibbs measure ``rho(y; x)`` (1-D: mean and variance)."""
+    """Mean and covariance of the Gibbs measure ``rho(y; x)`` (1-D: mean and variance).
+
+    Returned by :func:`gibbs_moments_at`.
+
+    Attributes:
+      mean: the Gibbs mean ``<y>``, the shape of the query points ``x``.
+      cov: the covariance, shape ``(..., d, d)``; in 1-D the variance, shape ``(...)``.
+    """
 
     mean: Array
     cov: Array
@@ -454,6 +509,20 @@ def local_entropy_at(
 
     Returns:
       ``u(x, gamma)``, shape ``(...)``.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the viscous HJ equation and its
+      Cole-Hopf solution. ``docs/deep-relaxation.md`` §1.1, ``docs/pde.md`` §1 and §5.
+
+    Example:
+      For ``f(y) = y²/2``, ``u(x, γ) = x²/(2(1 + γ)) + log(1 + γ)/(2β)``:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> round(float(pde.local_entropy_at(f, 1.0, 1.0, 1.0, grid)), 4)  # 0.25 + log(2)/2
+      0.5966
     """
     return _viscous(f, x, gamma, beta, grid, chunk_size)[0]
 
@@ -474,9 +543,33 @@ def gibbs_moments_at(
     the covariance sizes the Monte Carlo error of such estimates. Computed by
     trapezoidal quadrature on ``grid``.
 
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      x: query points, shape ``(...)`` in 1-D or ``(..., d)``.
+      gamma: the scope ``gamma > 0``.
+      beta: the inverse temperature ``beta > 0``.
+      grid: quadrature grid; must cover the Gibbs measure's mass.
+      chunk_size: query points processed at once (default: bounded memory).
+
     Returns:
       ``GibbsMoments(mean, cov)``: ``mean`` has the shape of ``x``; ``cov`` has shape
       ``(...)`` (the variance) in 1-D and ``(..., d, d)`` otherwise.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the Gibbs measure of the local
+      entropy's gradient. ``docs/deep-relaxation.md`` §1.1.
+
+    Example:
+      For ``f(y) = y²/2`` the measure is Gaussian, mean ``x/(1 + γ)``, variance
+      ``1/(β(1 + 1/γ))``:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> moments = pde.gibbs_moments_at(f, jnp.array([1.0, -2.0]), 1.0, 1.0, grid)
+      >>> print(jnp.round(moments.mean, 4), jnp.round(moments.cov, 4))
+      [ 0.5 -1. ] [0.5 0.5]
     """
     _, mean, cov = _viscous(f, x, gamma, beta, grid, chunk_size)
     return GibbsMoments(mean, cov)
@@ -495,7 +588,29 @@ def gibbs_mean_at(
 
     The exact target of the SGLD inner loop of Entropy-SGD (Chaudhari et al. 2018,
     Deep Relaxation). For ``f(y) = 1/2 y^T A y`` it is ``(I + gamma A)^-1 x`` for every
-    ``beta``. Returns an array with the shape of ``x``.
+    ``beta``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      x: query points, shape ``(...)`` in 1-D or ``(..., d)``.
+      gamma: the scope ``gamma > 0``.
+      beta: the inverse temperature ``beta > 0``.
+      grid: quadrature grid; must cover the Gibbs measure's mass.
+      chunk_size: query points processed at once (default: bounded memory).
+
+    Returns:
+      ``<y>``, an array with the shape of ``x``.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018). ``docs/deep-relaxation.md`` §1.1.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> print(jnp.round(pde.gibbs_mean_at(f, jnp.array([1.0, -2.0]), 1.0, 1.0, grid), 4))
+      [ 0.5 -1. ]
     """
     return _viscous(f, x, gamma, beta, grid, chunk_size)[1]
 
@@ -513,7 +628,32 @@ def local_entropy_gradient_at(
 
     (Chaudhari et al. 2018, Deep Relaxation, gradient of the viscous HJ solution.)
     Equals the derivative of :func:`local_entropy_at` up to quadrature error.
-    Returns an array with the shape of ``x``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      x: query points, shape ``(...)`` in 1-D or ``(..., d)``.
+      gamma: the scope ``gamma > 0``.
+      beta: the inverse temperature ``beta > 0``.
+      grid: quadrature grid; must cover the Gibbs measure's mass.
+      chunk_size: query points processed at once (default: bounded memory).
+
+    Returns:
+      ``grad f_gamma(x)``, an array with the shape of ``x``: the exact target of
+      ``relaxjax.local_entropy``'s output.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018). ``docs/deep-relaxation.md`` §1.1.
+
+    Example:
+      For ``f(y) = y²/2`` the gradient is ``x/(1 + γ)``:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> x = jnp.array([1.0, -2.0])
+      >>> print(jnp.round(pde.local_entropy_gradient_at(f, x, 1.0, 1.0, grid), 4))
+      [ 0.5 -1. ]
     """
     x = jnp.asarray(x, dtype=jnp.result_type(float))
     return (x - gibbs_mean_at(f, x, gamma, beta, grid, chunk_size=chunk_size)) / gamma
@@ -529,20 +669,91 @@ def local_entropy(f: Loss, grid: Grid, gamma: float | Array, beta: float | Array
     """Local entropy (viscous HJ solution at ``t = gamma``) on all grid nodes, ``grid.shape``.
 
     Same equation and quadrature as :func:`local_entropy_at` at ``grid.nodes()``,
-    computed by separable sweeps (``O(size * sum(num))`` work, bounded memory), so
-    a 2-D grid of 201 x 201 takes well under a second. Nodes near the edge of the
-    grid are inaccurate when their Gibbs measure is cut off.
+    computed by separable sweeps (``O(size * sum(num))`` work instead of
+    ``O(size²)``, bounded memory). Nodes near the edge of the grid are inaccurate
+    when their Gibbs measure is cut off.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: the grid, both the quadrature grid and the query points.
+      gamma: the scope ``gamma > 0``.
+      beta: the inverse temperature ``beta > 0``.
+
+    Returns:
+      ``u(x, gamma)`` at every node, shape ``grid.shape``.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018). ``docs/deep-relaxation.md`` §1.1,
+      ``docs/pde.md`` §3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> x = grid.nodes()
+      >>> u = pde.local_entropy(f, grid, 1.0, 1.0)
+      >>> exact = x**2 / 4 + jnp.log(2.0) / 2
+      >>> u.shape, bool(jnp.allclose(u[jnp.abs(x) <= 2], exact[jnp.abs(x) <= 2], atol=1e-5))
+      ((161,), True)
     """
     return _viscous_grid(f, grid, gamma, beta)[0]
 
 
 def gibbs_mean(f: Loss, grid: Grid, gamma: float | Array, beta: float | Array) -> Array:
-    """:func:`gibbs_mean_at` at all grid nodes (separable sweeps), shape of ``grid.nodes()``."""
+    """:func:`gibbs_mean_at` at all grid nodes (separable sweeps), shape of ``grid.nodes()``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: the grid, both the quadrature grid and the query points.
+      gamma: the scope ``gamma > 0``.
+      beta: the inverse temperature ``beta > 0``.
+
+    Returns:
+      ``<y>`` at every node, an array of the shape of ``grid.nodes()``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.1, ``docs/pde.md`` §3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> x = grid.nodes()
+      >>> mean = pde.gibbs_mean(f, grid, 1.0, 1.0)
+      >>> bool(jnp.allclose(mean[jnp.abs(x) <= 2], x[jnp.abs(x) <= 2] / 2, atol=1e-5))
+      True
+    """
     return _viscous_grid(f, grid, gamma, beta)[1]
 
 
 def local_entropy_gradient(f: Loss, grid: Grid, gamma: float | Array, beta: float | Array) -> Array:
-    """``(x - <y>) / gamma`` at all grid nodes ``x``, shape of ``grid.nodes()``."""
+    """``(x - <y>) / gamma`` at all grid nodes ``x``, shape of ``grid.nodes()``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: the grid, both the quadrature grid and the query points.
+      gamma: the scope ``gamma > 0``.
+      beta: the inverse temperature ``beta > 0``.
+
+    Returns:
+      ``grad f_gamma`` at every node, an array of the shape of ``grid.nodes()``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.1, ``docs/pde.md`` §3.
+
+    Example:
+      In 2-D, for ``f(y) = |y|²/2`` the gradient is ``x/(1 + γ)``:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-6.0, 6.0, (41, 41))
+      >>> x = grid.nodes()
+      >>> grad = pde.local_entropy_gradient(0.5 * jnp.sum(x**2, -1), grid, 1.0, 1.0)
+      >>> grad.shape, bool(jnp.allclose(grad[20, 20:24], x[20, 20:24] / 2, atol=1e-4))
+      ((41, 41, 2), True)
+    """
     return (grid.nodes() - gibbs_mean(f, grid, gamma, beta)) / gamma
 
 
@@ -792,6 +1003,21 @@ def moreau_envelope_at(
 
     Returns:
       ``(u(x, t), y*)`` with shapes ``(...)`` and the shape of ``x``.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the non-viscous HJ equation and the
+      Hopf-Lax formula. ``docs/deep-relaxation.md`` §1.2, ``docs/pde.md`` §1, §4, §5.
+
+    Example:
+      For ``f(y) = y²/2`` and ``t = 1``: ``u(x, 1) = x²/4``, ``y* = x/2``:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> value, prox = pde.moreau_envelope_at(f, jnp.array([1.0, 3.0]), 1.0, grid)
+      >>> print(jnp.round(value, 4), jnp.round(prox, 4))
+      [0.25 2.25] [0.5 1.5]
     """
     pts, batch = _as_points(x, grid.ndim)
     fy, loss_fn = _split_loss(f, grid)
@@ -818,7 +1044,32 @@ def prox_at(
     newton_steps: int = 3,
     chunk_size: int | None = None,
 ) -> Array:
-    """Proximal point ``y* = argmin_y f(y) + |x - y|^2 / (2 t)``; see :func:`moreau_envelope_at`."""
+    """Proximal point ``y* = argmin_y f(y) + |x - y|^2 / (2 t)``; see :func:`moreau_envelope_at`.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      x: query points, shape ``(...)`` in 1-D or ``(..., d)``.
+      t: the time ``t > 0``.
+      grid: the search grid; must contain the proximal points.
+      refine: refine the grid minimiser.
+      newton_steps: autodiff Newton steps after the stencil step (callable ``f``).
+      chunk_size: query points processed at once (default: bounded memory).
+
+    Returns:
+      ``y* = prox_{t f}(x)``, an array with the shape of ``x``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.2, ``docs/pde.md`` §5.
+
+    Example:
+      The proximal point of ``abs`` is soft-thresholding:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> print(pde.prox_at(jnp.abs, jnp.array([-2.0, 0.5, 3.0]), 1.0, grid))
+      [-1.  0.  2.]
+    """
     return moreau_envelope_at(
         f, x, t, grid, refine=refine, newton_steps=newton_steps, chunk_size=chunk_size
     )[1]
@@ -837,8 +1088,33 @@ def moreau_gradient_at(
     """Gradient of the Hopf-Lax solution, ``grad u(x, t) = (x - y*) / t``.
 
     (Chaudhari et al. 2018, Deep Relaxation, gradient of the Hopf-Lax formula.)
-    The error is that of :func:`prox_at` divided by ``t``. Returns an array with
-    the shape of ``x``.
+    The error is that of :func:`prox_at` divided by ``t``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      x: query points, shape ``(...)`` in 1-D or ``(..., d)``.
+      t: the time ``t > 0``.
+      grid: the search grid; must contain the proximal points.
+      refine: refine the grid minimiser.
+      newton_steps: autodiff Newton steps after the stencil step (callable ``f``).
+      chunk_size: query points processed at once (default: bounded memory).
+
+    Returns:
+      ``grad u(x, t)``, an array with the shape of ``x``: the exact target of
+      ``relaxjax.hopf_lax``'s output.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018). ``docs/deep-relaxation.md`` §1.2.
+
+    Example:
+      The envelope of ``abs`` is the Huber function, whose gradient is
+      ``clip(x / t, -1, 1)``:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> print(pde.moreau_gradient_at(jnp.abs, jnp.array([-2.0, 0.5, 3.0]), 1.0, grid))
+      [-1.   0.5  1. ]
     """
     x = jnp.asarray(x, dtype=jnp.result_type(float))
     y = prox_at(f, x, t, grid, refine=refine, newton_steps=newton_steps, chunk_size=chunk_size)
@@ -850,9 +1126,33 @@ def moreau_envelope(
 ) -> tuple[Array, Array]:
     """:func:`moreau_envelope_at` at all grid nodes: values ``grid.shape``, proximal points.
 
-    Computed by separable min-plus sweeps (``O(size * sum(num))`` work, bounded
-    memory), so a 2-D grid of 201 x 201 takes well under a second; the grid
-    minimiser is the brute-force one (up to ties), refined the same way.
+    Computed by separable min-plus sweeps (``O(size * sum(num))`` work instead of
+    ``O(size²)``, bounded memory); the grid minimiser is the brute-force one (up to
+    ties), refined the same way.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: the grid, both the search grid and the query points.
+      t: the time ``t > 0``.
+      refine: refine the grid minimiser.
+      newton_steps: autodiff Newton steps after the stencil step (callable ``f``).
+
+    Returns:
+      ``(u, y*)`` at every node: values of shape ``grid.shape`` and proximal points
+      of the shape of ``grid.nodes()``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.2, ``docs/pde.md`` §3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-4.0, 4.0, 81)
+      >>> x = grid.nodes()
+      >>> value, prox = pde.moreau_envelope(jnp.abs, grid, 1.0)
+      >>> huber = jnp.where(jnp.abs(x) <= 1, x**2 / 2, jnp.abs(x) - 0.5)
+      >>> value.shape, bool(jnp.allclose(value, huber, atol=1e-5))
+      ((81,), True)
     """
     fy, loss_fn = _split_loss(f, grid)
     value, prox = _moreau_grid_core(
@@ -864,7 +1164,29 @@ def moreau_envelope(
 def moreau_gradient(
     f: Loss, grid: Grid, t: float | Array, *, refine: bool = True, newton_steps: int = 3
 ) -> Array:
-    """``(x - y*) / t`` at all grid nodes ``x``, shape of ``grid.nodes()``."""
+    """``(x - y*) / t`` at all grid nodes ``x``, shape of ``grid.nodes()``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: the grid, both the search grid and the query points.
+      t: the time ``t > 0``.
+      refine: refine the grid minimiser.
+      newton_steps: autodiff Newton steps after the stencil step (callable ``f``).
+
+    Returns:
+      ``grad u(x, t)`` at every node, an array of the shape of ``grid.nodes()``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.2, ``docs/pde.md`` §3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-4.0, 4.0, 81)
+      >>> grad = pde.moreau_gradient(jnp.abs, grid, 1.0)
+      >>> bool(jnp.allclose(grad, jnp.clip(grid.nodes(), -1, 1), atol=1e-5))
+      True
+    """
     prox = moreau_envelope(f, grid, t, refine=refine, newton_steps=newton_steps)[1]
     return (grid.nodes() - prox) / t
 
@@ -935,7 +1257,28 @@ def heat_smoothing_at(
     comparison relaxation of Chaudhari et al. 2018 (Deep Relaxation, heat
     equation). Trapezoidal quadrature with the kernel normalised by its
     quadrature sum. For ``f(y) = 1/2 y^T A y``: ``u = f + t tr(A) / 2``.
-    Returns values of shape ``(...)``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      x: query points, shape ``(...)`` in 1-D or ``(..., d)``.
+      t: the time ``t > 0``.
+      grid: quadrature grid; must cover the heat kernel's mass.
+      chunk_size: query points processed at once (default: bounded memory).
+
+    Returns:
+      ``u(x, t)``, values of shape ``(...)``.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the heat equation.
+      ``docs/deep-relaxation.md`` §1.3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> print(jnp.round(pde.heat_smoothing_at(f, jnp.array([0.0, 1.0]), 1.0, grid), 4))
+      [0.5 1. ]
     """
     return _heat(f, x, t, grid, chunk_size)[0]
 
@@ -946,7 +1289,28 @@ def heat_gradient_at(
     """Gradient of :func:`heat_smoothing_at`, ``grad (G_t * f)(x) = E[(y - x) f(y)] / t``.
 
     Equals ``E[grad f(x + sqrt(t) z)]`` for smooth ``f``; it is the exact
-    derivative of the quadrature formula. Returns an array with the shape of ``x``.
+    derivative of the quadrature formula.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      x: query points, shape ``(...)`` in 1-D or ``(..., d)``.
+      t: the time ``t > 0``.
+      grid: quadrature grid; must cover the heat kernel's mass.
+      chunk_size: query points processed at once (default: bounded memory).
+
+    Returns:
+      ``grad u(x, t)``, an array with the shape of ``x``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> print(jnp.round(pde.heat_gradient_at(f, jnp.array([0.0, 1.0]), 1.0, grid), 4))
+      [0. 1.]
     """
     return _heat(f, x, t, grid, chunk_size)[1]
 
@@ -958,10 +1322,54 @@ def _heat_grid(f, grid, t):
 
 
 def heat_smoothing(f: Loss, grid: Grid, t: float | Array) -> Array:
-    """:func:`heat_smoothing_at` at all grid nodes (separable), shape ``grid.shape``."""
+    """:func:`heat_smoothing_at` at all grid nodes (separable), shape ``grid.shape``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: the grid, both the quadrature grid and the query points.
+      t: the time ``t > 0``.
+
+    Returns:
+      ``u(x, t)`` at every node, shape ``grid.shape``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.3, ``docs/pde.md`` §3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> x = grid.nodes()
+      >>> u = pde.heat_smoothing(f, grid, 1.0)  # f + t/2 away from the edges
+      >>> bool(jnp.allclose(u[jnp.abs(x) <= 2], f[jnp.abs(x) <= 2] + 0.5, atol=1e-5))
+      True
+    """
     return _heat_grid(f, grid, t)[0]
 
 
 def heat_gradient(f: Loss, grid: Grid, t: float | Array) -> Array:
-    """:func:`heat_gradient_at` at all grid nodes (separable), shape of ``grid.nodes()``."""
+    """:func:`heat_gradient_at` at all grid nodes (separable), shape of ``grid.nodes()``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: the grid, both the quadrature grid and the query points.
+      t: the time ``t > 0``.
+
+    Returns:
+      ``grad u(x, t)`` at every node, an array of the shape of ``grid.nodes()``.
+
+    References:
+      ``docs/deep-relaxation.md`` §1.3, ``docs/pde.md`` §3.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> grid = pde.uniform_grid(-8.0, 8.0, 161)
+      >>> f = 0.5 * grid.nodes() ** 2  # f(y) = y²/2, sampled on the grid
+      >>> x = grid.nodes()
+      >>> grad = pde.heat_gradient(f, grid, 1.0)
+      >>> bool(jnp.allclose(grad[jnp.abs(x) <= 2], x[jnp.abs(x) <= 2], atol=1e-5))
+      True
+    """
     return _heat_grid(f, grid, t)[1]

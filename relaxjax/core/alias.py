@@ -41,7 +41,46 @@ def entropy_sgd(
 
     x ← x − η · NesterovMomentum((x − ⟨y⟩)/γ), with ⟨y⟩ from L SGLD steps (see
     ``relaxjax.local_entropy``). ``weight_decay`` λ is applied inside the inner
-    loop, so the outer step descends the local entropy of f + (λ/2)|x|².
+    loop, so the outer step descends the local entropy of f + (λ/2)‖x‖².
+
+    Args:
+      learning_rate: the outer learning rate η (float or Optax schedule); it
+        multiplies the relaxed gradient (x − μ)/γ (``docs/conventions.md`` §3).
+      gamma: the scope γ > 0 (float or schedule, e.g. :func:`relaxjax.scoping`).
+      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step.
+      step_size: inner step size η′ > 0.
+      noise: ε ≥ 0, the Langevin noise scale (temperature ε²).
+      alpha: α ∈ [0, 1), weight of the old running average.
+      momentum: the outer momentum (0.9 in the papers); None or 0: plain SGD.
+      nesterov: Nesterov momentum (when ``momentum`` is set).
+      weight_decay: λ ≥ 0, L2 penalty inside the inner loop.
+      seed: an int or PRNG key for the Langevin noise.
+      unroll: forwarded to ``jax.lax.scan`` for the inner loop.
+
+    Returns:
+      ``optax.chain(local_entropy(...), optax.sgd(...))``, an
+      ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn``.
+
+    References:
+      Chaudhari et al., *Entropy-SGD* (ICLR 2017), Alg. 1; *Deep Relaxation* (2018).
+      ``docs/deep-relaxation.md`` §2.1, ``docs/algorithms.md`` §3.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import relaxjax
+      >>> loss = lambda x: 0.5 * jnp.sum(x**2)
+      >>> tx = relaxjax.entropy_sgd(0.5, 1.0, num_steps=5)
+      >>> @jax.jit
+      ... def step(x, state):
+      ...     grad_fn = lambda y, i: jax.grad(loss)(y)  # mini-batch i's gradient
+      ...     updates, state = tx.update(jax.grad(loss)(x), state, x, grad_fn=grad_fn)
+      ...     return optax.apply_updates(x, updates), state
+      >>> x = x0 = jnp.array([1.0, -2.0])
+      >>> state = tx.init(x)
+      >>> for _ in range(3):
+      ...     x, state = step(x, state)
+      >>> bool(loss(x) < 0.5 * loss(x0))
+      True
     """
     return optax.chain(
         local_entropy(
@@ -75,6 +114,39 @@ def hj_sgd(
 
     x ← x − η · NesterovMomentum((x − y*)/γ), y* the proximal point estimated by
     L noise-free inner steps (see ``relaxjax.hopf_lax``).
+
+    Args:
+      learning_rate: the outer learning rate η (float or Optax schedule); it
+        multiplies the relaxed gradient (x − μ)/γ (``docs/conventions.md`` §3).
+      gamma: the scope γ > 0 (float or schedule, e.g. :func:`relaxjax.scoping`).
+      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step.
+      step_size: inner step size η′ > 0.
+      alpha: α ∈ [0, 1), weight of the old running average.
+      momentum: the outer momentum (0.9 in the papers); None or 0: plain SGD.
+      nesterov: Nesterov momentum (when ``momentum`` is set).
+      weight_decay: λ ≥ 0, L2 penalty inside the inner loop.
+      unroll: forwarded to ``jax.lax.scan`` for the inner loop.
+
+    Returns:
+      ``optax.chain(hopf_lax(...), optax.sgd(...))``, an
+      ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn``.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the HJ optimizer.
+      ``docs/deep-relaxation.md`` §1.2 and §2.1, ``docs/algorithms.md`` §3.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import relaxjax
+      >>> loss = lambda x: 0.5 * jnp.sum(x**2)
+      >>> tx = relaxjax.hj_sgd(0.5, 1.0, num_steps=5, momentum=None)
+      >>> @jax.jit
+      ... def updates(x, state):
+      ...     grad_fn = lambda y, i: jax.grad(loss)(y)
+      ...     return tx.update(jax.grad(loss)(x), state, x, grad_fn=grad_fn)[0]
+      >>> x = jnp.array([1.0, -2.0])
+      >>> bool(jnp.all(jnp.sign(updates(x, tx.init(x))) == -jnp.sign(x)))  # a descent step
+      True
     """
     return optax.chain(
         hopf_lax(
@@ -111,6 +183,43 @@ def entropy_adam(
     As in the Entropy-SGD paper (ICLR 2017, §5), Adam replaces the inner SGLD
     step; the outer step is Nesterov SGD on (x − μ)/γ. The noise scale is
     ε √(2 η′) with η′ = ``step_size``.
+
+    Args:
+      learning_rate: the outer learning rate η (float or Optax schedule); it
+        multiplies the relaxed gradient (x − μ)/γ (``docs/conventions.md`` §3).
+      gamma: the scope γ > 0 (float or schedule, e.g. :func:`relaxjax.scoping`).
+      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step.
+      step_size: η′ > 0, Adam's inner learning rate (and the noise's step).
+      noise: ε ≥ 0, the Langevin noise scale.
+      alpha: α ∈ [0, 1), weight of the old running average.
+      momentum: the outer momentum (0.9 in the papers); None or 0: plain SGD.
+      nesterov: Nesterov momentum (when ``momentum`` is set).
+      weight_decay: λ ≥ 0, L2 penalty inside the inner loop.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      seed: an int or PRNG key for the Langevin noise.
+      unroll: forwarded to ``jax.lax.scan`` for the inner loop.
+
+    Returns:
+      ``optax.chain(local_entropy(..., inner_optimizer=optax.adam(...)),
+      optax.sgd(...))``, whose update takes ``grad_fn``. Adam's state is started
+      afresh at every outer step.
+
+    References:
+      Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5. ``docs/algorithms.md`` §3.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import relaxjax
+      >>> loss = lambda x: 0.5 * jnp.sum(x**2)
+      >>> tx = relaxjax.entropy_adam(0.1, 1.0, num_steps=4)
+      >>> @jax.jit
+      ... def updates(x, state):
+      ...     grad_fn = lambda y, i: jax.grad(loss)(y)
+      ...     return tx.update(jax.grad(loss)(x), state, x, grad_fn=grad_fn)[0]
+      >>> x = jnp.array([1.0, -2.0])
+      >>> updates(x, tx.init(x)).shape
+      (2,)
     """
     return optax.chain(
         local_entropy(

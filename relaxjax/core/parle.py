@@ -88,7 +88,11 @@ class ParleState(NamedTuple):
 
 
 class ElasticState(NamedTuple):
-    """Outer-step count at which the coupling schedule ρ is evaluated."""
+    """State of ``elastic_coupling``: the outer-step count at which the schedule ρ is evaluated.
+
+    Attributes:
+      count: number of updates taken (int32 scalar).
+    """
 
     count: jax.Array
 
@@ -105,6 +109,12 @@ class Parle(NamedTuple):
     ``replica_data`` (any pytree with leading axis n; default: the replica
     index) is ``data``. The replicas advance inside the returned state and
     ``updates`` moves x̄ toward their average (``optax.apply_updates``).
+
+    Attributes:
+      init: ``init(params) -> ParleState``.
+      update: ``update(grads, state, params, *, grad_fn, replica_data=None)``.
+      num_replicas: n, the length of the replicas' leading axis.
+      mesh: the mesh the replicas are sharded over, or None (vmap).
     """
 
     init: Callable[[optax.Params], ParleState]
@@ -120,6 +130,25 @@ def coupling_schedule(
 
     The Parle paper's scoping of ρ (its code: r = 0.5/B per outer step for B
     mini-batches per epoch, ρ_max = 10).
+
+    Args:
+      initial: ρ₀ ≥ 0, the coupling at step 0.
+      rate: r ≥ 0, the growth per outer step.
+      maximum: optional cap ρ_max.
+
+    Returns:
+      An Optax schedule of the outer step count, to be passed as ``rho`` to
+      :func:`parle` or :func:`elastic_coupling`.
+
+    References:
+      Chaudhari et al., *Parle* (2017), scoping of the coupling.
+      ``docs/deep-relaxation.md`` §5, ``docs/parle.md`` §1.
+
+    Example:
+      >>> import relaxjax
+      >>> rho = relaxjax.coupling_schedule(1.0, 1.0, maximum=10.0)
+      >>> [float(rho(t)) for t in range(5)]
+      [1.0, 2.0, 4.0, 8.0, 10.0]
     """
     hyperparams.check_nonnegative("initial", initial)
     hyperparams.check_nonnegative("rate", rate)
@@ -136,6 +165,30 @@ def elastic_coupling(rho: hyperparams.ScalarOrSchedule) -> optax.GradientTransfo
 
     ``update(updates, state, params, reference=x̄)``. A static ρ = 0 adds
     nothing at all, so Parle with ρ = 0 performs exactly Entropy-SGD's steps.
+
+    Args:
+      rho: ρ ≥ 0, the coupling, a float or a schedule of the update count
+        (:func:`coupling_schedule`).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose update takes the reference
+      x̄ as the keyword argument ``reference``; its state is an :class:`ElasticState`.
+
+    Raises:
+      ValueError: for ρ < 0, or at ``update`` time (unless ρ is a static 0) when
+        ``params`` or ``reference`` is missing.
+
+    References:
+      Chaudhari et al., *Parle* (2017), the elastic term. ``docs/parle.md`` §1.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import relaxjax
+      >>> tx = relaxjax.elastic_coupling(0.5)
+      >>> x, reference = jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0])
+      >>> updates, _ = tx.update(jnp.zeros(2), tx.init(x), x, reference=reference)
+      >>> print(updates)
+      [0.5 1. ]
     """
     hyperparams.check_nonnegative("rho", rho)
     static_zero = isinstance(rho, (int, float)) and rho == 0
@@ -174,6 +227,21 @@ def replica_key(seed: Seed, replica: int) -> jax.Array:
 
     So one replica uses exactly ``relaxjax.entropy_sgd(seed=seed)``'s noise,
     and replica a > 0 that of ``entropy_sgd(seed=replica_key(seed, a))``.
+
+    Args:
+      seed: the Parle seed (an int or a PRNG key, see ``key_from_seed``).
+      replica: the replica's index a ≥ 0.
+
+    Returns:
+      A raw ``uint32[2]`` key: ``key_from_seed(seed)`` for a = 0, else that key
+      folded with a.
+
+    Example:
+      >>> from relaxjax.core import key_from_seed, replica_key
+      >>> replica_key(7, 0).tolist() == key_from_seed(7).tolist()
+      True
+      >>> replica_key(7, 1).tolist() == replica_key(7, 2).tolist()
+      False
     """
     key = key_from_seed(seed)
     return key if replica == 0 else jax.random.fold_in(key, replica)
@@ -189,6 +257,21 @@ def replica_map(fn: Callable, *, mesh: Mesh | None = None) -> Callable:
     convolutions). The ``'data'`` axis stays automatic, so sharding
     constraints inside ``fn`` may split a replica's batch over it. Values
     ``fn`` closes over are replicated.
+
+    Args:
+      fn: the per-replica function; its positional arguments and outputs are pytrees.
+      mesh: a mesh with a ``'replica'`` axis (``relaxjax.core.mesh.make_mesh``), or
+        None.
+
+    Returns:
+      A function of the stacked arguments, returning the stacked outputs.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax.core import replica_map
+      >>> replicas = jnp.arange(6.0).reshape(3, 2)  # 3 replicas of 2 parameters
+      >>> print(replica_map(lambda x: x.sum())(replicas))
+      [1. 5. 9.]
     """
     batched = jax.vmap(fn)
     if mesh is None:
@@ -256,6 +339,34 @@ def parle(
 
     Returns:
       A ``Parle`` (``init``, ``update``, ``num_replicas``, ``mesh``).
+
+    Raises:
+      ValueError: for n < 1 or β outside (0, 1], and for the invalid inner-loop
+        arguments of ``relaxjax.local_entropy``.
+
+    References:
+      Chaudhari, Baldassi, Zecchina, Soatto, Talwalkar, Oberman, *Parle:
+      parallelizing stochastic gradient descent* (2017). ``docs/deep-relaxation.md``
+      §5, ``docs/parle.md`` §1-§3.
+
+    Example:
+      Two replicas on f(x) = ½ ‖x‖², two inner steps each; :func:`parle_step` feeds
+      each replica its own mini-batches (here unused by the loss):
+
+      >>> import functools
+      >>> import jax, jax.numpy as jnp
+      >>> import relaxjax
+      >>> loss = lambda x, batch: 0.5 * jnp.sum(x**2)
+      >>> tx = relaxjax.parle(0.5, 1.0, 0.1, num_replicas=2, num_steps=2)
+      >>> step = jax.jit(functools.partial(relaxjax.parle_step, tx, grad_fn=jax.grad(loss)))
+      >>> x = jnp.array([1.0, -2.0])
+      >>> state = tx.init(x)
+      >>> state.replicas.shape
+      (2, 2)
+      >>> batches = jnp.zeros((2, 2, 1))  # [replica, inner step, ...]
+      >>> x, state = step(x, state, batches=batches)
+      >>> bool(loss(x, None) < 2.5)
+      True
     """
     num_replicas = hyperparams.check_num_steps("num_replicas", num_replicas)
     if not 0.0 < reference_rate <= 1.0:
@@ -342,6 +453,23 @@ def parle_step(
       tx, grad_fn=g))``. With a mesh, replica a's batches live on its device
       row and each mini-batch is split over the row's ``'data'`` axis (its
       batch size must divide evenly).
+
+    References:
+      Chaudhari et al., *Parle* (2017). ``docs/parle.md`` §2.
+
+    Example:
+      >>> import functools
+      >>> import jax, jax.numpy as jnp
+      >>> import relaxjax
+      >>> def loss(x, batch):  # batch: (targets,) of one mini-batch
+      ...     return 0.5 * jnp.mean((x - batch) ** 2)
+      >>> tx = relaxjax.parle(0.5, 1.0, 0.0, num_replicas=3, num_steps=2, momentum=None)
+      >>> step = jax.jit(functools.partial(relaxjax.parle_step, tx, grad_fn=jax.grad(loss)))
+      >>> x = jnp.zeros(())
+      >>> batches = jnp.ones((3, 2, 4))  # 3 replicas x 2 mini-batches of 4 targets 1.0
+      >>> x, state = step(x, tx.init(x), batches=batches)
+      >>> state.replicas.shape, bool(0.0 < x < 1.0)
+      ((3,), True)
     """
     mesh = optimizer.mesh
     batches = constrain(batches, mesh, P(REPLICA_AXIS))

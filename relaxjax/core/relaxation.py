@@ -56,7 +56,21 @@ __all__ = ["GradFn", "RelaxationState", "RelaxationStateWithInner", "hopf_lax", 
 
 
 class GradFn(Protocol):
-    """``grad_fn(params, i) -> gradients`` for inner step ``i`` (an int32 scalar)."""
+    """``grad_fn(params, i) -> gradients`` for inner step ``i`` (an int32 scalar).
+
+    The gradient function the relaxations call in their inner loop: the gradient of the
+    loss at ``params`` on mini-batch ``i`` (a traced int32 scalar inside
+    ``jax.lax.scan``), a pytree of the structure of ``params``. Any callable of this
+    signature is one, e.g. ``lambda p, i: jax.grad(loss)(p, batches[i])``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> loss = lambda p, batch: jnp.mean((p * batch) ** 2)
+      >>> batches = jnp.ones((3, 4))
+      >>> grad_fn = lambda p, i: jax.grad(loss)(p, batches[i])
+      >>> grad_fn(jnp.ones(4), jnp.int32(1)).shape
+      (4,)
+    """
 
     def __call__(self, params: optax.Params, i: jax.Array) -> optax.Updates: ...
 
@@ -81,6 +95,11 @@ class RelaxationStateWithInner(NamedTuple):
     The fields of :class:`RelaxationState` plus ``inner_state``, the inner
     optimizer's state (e.g. its momentum) carried from one outer step to the next.
     A separate type, so checkpoints of the default transforms keep their layout.
+
+    Attributes:
+      count: number of outer steps taken (as in :class:`RelaxationState`).
+      key: raw ``uint32[2]`` PRNG key of the Langevin noise.
+      inner_state: the ``inner_optimizer``'s state after the last inner step.
     """
 
     count: jax.Array
@@ -324,12 +343,13 @@ def local_entropy(
         lets relaxjax choose. Must be a Python int or bool (with
         ``optax.inject_hyperparams``, list it in ``static_args``).
       canonical_convolutions: evaluate ``grad_fn`` with its convolutions in
-        XLA:CPU's canonical layout (see ``relaxjax.cpu.conv_layout``); XLA:CPU
-        runs convolutions inside loop bodies several times slower otherwise.
-        None (default): on the CPU backend only.
-      noise_generator: ``"hash"`` (default; a keyed counter hash, ~3x cheaper
-        than threefry on CPU, same 24-bit resolution) or ``"threefry"``
-        (``jax.random.normal``). See ``relaxjax.core.noise``.
+        XLA:CPU's canonical layout (see ``relaxjax.cpu.conv_layout``); otherwise
+        XLA:CPU gives convolutions inside loop bodies a layout it runs slowly
+        (``docs/cpu.md`` §1). None (default): on the CPU backend only.
+      noise_generator: ``"hash"`` (default; a keyed counter hash, cheaper than
+        threefry on CPU, same 24-bit resolution; measurements in
+        ``benchmarks/RESULTS.md``) or ``"threefry"`` (``jax.random.normal``). See
+        ``relaxjax.core.noise``.
       reuse_gradient: True (default): inner step 0 uses the incoming gradient
         and ``grad_fn`` is called for i = 1 … L − 1. False: ``grad_fn`` is
         called for every i = 0 … L − 1 inside the loop and the incoming
@@ -347,7 +367,8 @@ def local_entropy(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes
-      ``grad_fn`` as a keyword argument.
+      ``grad_fn`` as a keyword argument; its state is a :class:`RelaxationState`
+      (:class:`RelaxationStateWithInner` with ``keep_inner_state``).
 
     Raises:
       ValueError: for γ ≤ 0, L < 1, η′ ≤ 0, ε < 0, α ∉ [0, 1), λ < 0,
@@ -355,6 +376,30 @@ def local_entropy(
         the default inner SGD) η′ ≥ 2γ, which diverges whatever f is; at
         ``update`` time for a missing ``grad_fn`` (when L > 1), missing
         ``params``, or gradients whose tree does not match the parameters.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the local entropy and the viscous
+      Hamilton-Jacobi equation; Chaudhari et al., *Entropy-SGD* (ICLR 2017), Alg. 1.
+      ``docs/deep-relaxation.md`` §1.1 and §2.1, ``docs/algorithms.md`` §1,
+      ``docs/conventions.md`` §1-§3 (γ against the code's coupling, the noise, the
+      learning rate).
+
+    Example:
+      For the quadratic f(y) = ½ y², the Gibbs measure is Gaussian with mean
+      x/(1 + γ) at every temperature, so the relaxed gradient is x/(1 + γ):
+
+      >>> import jax, jax.numpy as jnp
+      >>> import relaxjax
+      >>> loss = lambda y: 0.5 * jnp.sum(y**2)
+      >>> grad_fn = lambda y, i: jax.grad(loss)(y)  # the same "mini-batch" every step
+      >>> tx = relaxjax.local_entropy(1.0, num_steps=100, step_size=0.1, noise=1e-4)
+      >>> @jax.jit
+      ... def relax(x, state):
+      ...     return tx.update(jax.grad(loss)(x), state, x, grad_fn=grad_fn)
+      >>> x = jnp.array([1.0, -2.0])
+      >>> updates, state = relax(x, tx.init(x))
+      >>> bool(jnp.allclose(updates, x / 2, atol=1e-3)), int(state.count)
+      (True, 1)
     """
     return _relaxation(
         gamma,
@@ -416,6 +461,37 @@ def hopf_lax(
       canonical_convolutions: see ``local_entropy``.
       reuse_gradient: see ``local_entropy``.
       keep_inner_state: see ``local_entropy``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn`` as a
+      keyword argument (as :func:`local_entropy`'s); its state is a
+      :class:`RelaxationState` (:class:`RelaxationStateWithInner` with
+      ``keep_inner_state``).
+
+    Raises:
+      ValueError: as :func:`local_entropy`.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the non-viscous Hamilton-Jacobi
+      equation and the Hopf-Lax formula. ``docs/deep-relaxation.md`` §1.2 and §2.1,
+      ``docs/algorithms.md`` §2.
+
+    Example:
+      The Moreau envelope of f(y) = ½ y² at time γ is ½ x²/(1 + γ), whose gradient
+      is x/(1 + γ); with α = 0 the update is the last inner iterate's estimate:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import relaxjax
+      >>> loss = lambda y: 0.5 * jnp.sum(y**2)
+      >>> grad_fn = lambda y, i: jax.grad(loss)(y)
+      >>> tx = relaxjax.hopf_lax(1.0, num_steps=50, step_size=0.5, alpha=0.0)
+      >>> @jax.jit
+      ... def relax(x, state):
+      ...     return tx.update(jax.grad(loss)(x), state, x, grad_fn=grad_fn)
+      >>> x = jnp.array([1.0, -2.0])
+      >>> updates, _ = relax(x, tx.init(x))
+      >>> print(jnp.round(updates, 4))
+      [ 0.5 -1. ]
     """
     return _relaxation(
         gamma,

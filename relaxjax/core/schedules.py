@@ -46,6 +46,21 @@ def scoping(
       An Optax schedule (a function of the outer step count), to be passed as
       ``gamma`` to ``relaxjax.local_entropy``, ``relaxjax.hopf_lax`` or the
       aliases.
+
+    Raises:
+      ValueError: for γ₀ ≤ 0, r < 0, T < 1 or a floor outside (0, γ₀].
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), scoping; *Entropy-SGD* (ICLR 2017),
+      §4.3. ``docs/deep-relaxation.md`` §2.4, ``docs/algorithms.md`` §4.
+
+    Example:
+      >>> import relaxjax
+      >>> schedule = relaxjax.scoping(1e4, 1e-3, final_gamma=1e3)
+      >>> float(schedule(0)), round(float(schedule(1000)) / 1e4, 3)  # (1 + r)^-1000
+      (10000.0, 0.368)
+      >>> float(schedule(10**6))  # the floor
+      1000.0
     """
     hyperparams.check_positive("initial_gamma", initial_gamma)
     hyperparams.check_nonnegative("rate", rate)

@@ -16,10 +16,18 @@ same convolution in that layout, and a transpose back: exactly the rewrite
 XLA applies outside loops, done before XLA sees the loop. Nested ``jit`` and
 call primitives are inlined so that convolutions inside them are reached.
 Results are identical up to floating-point summation order.
+
+The rewrite never changes what a program computes beyond that order: every
+other equation is bound again exactly as ``jax.core.eval_jaxpr`` would bind it,
+a function without a convolution runs unchanged (its jaxpr is only inspected),
+and if re-evaluating a jaxpr raises (a construct the rewrite does not handle,
+e.g. a primitive that cannot be bound again outside its original trace), the
+function runs unchanged and a ``RuntimeWarning`` says so once per function.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -95,12 +103,56 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], *args: Any) -> list[Any]
     return [read(v) for v in jaxpr.outvars]
 
 
+def _has_convolution(jaxpr: jex_core.Jaxpr) -> bool:
+    """Whether a convolution the rewrite would reach (here or in an inlined call) is present."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            return True
+        inner = eqn.params.get(_INLINED.get(eqn.primitive.name, ""))
+        if inner is not None and _has_convolution(getattr(inner, "jaxpr", inner)):
+            return True
+    return False
+
+
 def with_canonical_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` with its convolutions rewritten to XLA:CPU's canonical layout (see module doc)."""
+    """``fn`` with its convolutions rewritten to XLA:CPU's canonical layout.
+
+    Args:
+      fn: a function of arrays (e.g. a gradient function ``grad_fn(params, i)``),
+        traceable by ``jax.make_jaxpr``.
+
+    Returns:
+      A function with ``fn``'s signature and results. Without convolutions, or
+      when the rewrite cannot re-evaluate ``fn``'s jaxpr, it calls ``fn`` itself.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.cpu import with_canonical_convolutions
+      >>> conv = lambda x, k: jax.lax.conv_general_dilated(
+      ...     x, k, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+      >>> x, k = jnp.ones((1, 2, 5, 5)), jnp.ones((3, 2, 3, 3))
+      >>> bool(jnp.allclose(with_canonical_convolutions(conv)(x, k), conv(x, k)))
+      True
+    """
+    warned = []
 
     def wrapped(*args: Any) -> Any:
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-        outs = _eval(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+        if not _has_convolution(closed.jaxpr):
+            return fn(*args)
+        try:
+            outs = _eval(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+        except Exception as error:  # noqa: BLE001 - any failure: run the user's function as is
+            if not warned:
+                warned.append(True)
+                warnings.warn(
+                    f"relaxjax.cpu.with_canonical_convolutions could not rewrite "
+                    f"{getattr(fn, '__name__', fn)!r} ({type(error).__name__}: {error}); it "
+                    "runs unchanged. Pass canonical_convolutions=False to skip the rewrite.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return fn(*args)
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
     return wrapped

@@ -4,50 +4,42 @@ Both are process-wide XLA flags, read once when the backend starts, so they
 cannot be set per ``jax.jit``; ``relaxjax train`` and the benchmark scripts
 call :func:`apply_cpu_settings` first. In your own scripts call it before the
 first JAX computation, or set the flags in ``XLA_FLAGS`` yourself (a flag
-already there is left as it is). Neither affects GPU/TPU computations.
+already there is left as it is); called later, it warns. Neither affects
+GPU/TPU computations.
 
 * **Sequential scheduler** (:func:`prefer_sequential_cpu_scheduler`). XLA's
   CPU backend runs independent operations of a compiled program concurrently
-  (its "concurrency-optimized scheduler"). On a small machine that
-  oversubscribes the cores: on 2 cores one LeNet gradient (batch 128) took
-  23 ms with it and 13 ms without (inside ``lax.scan`` bodies, which run
-  sequentially anyway, 13 ms either way; ``benchmarks/results/inner_loop.md``
-  times both baselines). Only measured on 2 cores: on many-core machines
-  compare both.
+  (its "concurrency-optimized scheduler"). On a machine with few cores that
+  oversubscribes them, and a gradient outside a loop body runs slower than
+  with the sequential schedule (loop bodies run sequentially either way).
+  It was measured on 2 cores; on many-core machines compare both.
 * **512-bit vectors on AVX-512 CPUs** (:func:`prefer_wide_vectors`). XLA
   compiles elementwise loops for 256-bit vectors by default. The Langevin
   noise draw (a hash and an inverse erf per parameter) is such a loop, bound
-  by its arithmetic rather than by memory: on a 2-core AVX-512 Xeon, 512-bit
-  vectors drew it for ``mnistfc`` in 0.53x the time of 256-bit ones and made
-  the noisy step 0.93x as long, with the same values; LeNet's steps were
-  unchanged (every step compiled with each width and timed in one process:
-  ``benchmarks/xla_cpu_flags.py --in-process``; across alternated processes
-  the draw took 1.19 against 2.12 ms, ``inner_loop_xla_cpu_flags.md``). Some
-  older AVX-512 CPUs lower their clock under 512-bit code;
-  ``XLA_FLAGS=--xla_cpu_prefer_vector_width=256`` keeps XLA's default.
-* **Not set: LLVM loop interleaving.** LLVM vectorizes the draw's loop one
-  vector per iteration, and the loop is bound by the latency of each weight's
-  chain of dependent operations. LLVM's ``-force-vector-interleave=N``
-  (through ``--xla_backend_extra_options``) runs N independent vectors per
-  iteration: with N = 8 the ``mnistfc`` draw alone took 1.36 ms instead of
-  2.42 ms, but the plain SGD steps slowed from 9.8 to 11.5 ms per gradient and
-  compilation from 5.4 to 6.8 s, so the noisy step itself did not get faster
-  (12.9 against 13.0 ms per gradient). With N = 4 the noisy step was faster
-  (11.1 ms) but the noise-free one slower (1.12x against 0.98x its SGD steps):
-  mixed (``benchmarks/results/inner_loop_xla_cpu_interleave.md``, 3 processes
-  per setting). It is also an LLVM option that the GPU compilers read.
-  relaxjax does not set it.
+  by its arithmetic rather than by memory, so twice as wide vectors draw it in
+  about half the time, with the same values. Some older AVX-512 CPUs lower
+  their clock under 512-bit code; ``XLA_FLAGS=--xla_cpu_prefer_vector_width=256``
+  keeps XLA's default.
+* **Not set: LLVM loop interleaving** (``-force-vector-interleave=N`` through
+  ``--xla_backend_extra_options``). It shortens the draw's dependency chains but
+  slows the other loops of the step and its compilation, with no net gain for
+  the noisy step; it is also an LLVM option that the GPU compilers read.
+
+The measurements behind each choice are in ``benchmarks/RESULTS.md``
+(``benchmarks/xla_cpu_flags.py``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 __all__ = [
     "SCHEDULER_FLAG",
     "VECTOR_WIDTH_FLAG",
     "apply_cpu_settings",
+    "backend_started",
     "has_avx512",
     "prefer_sequential_cpu_scheduler",
     "prefer_wide_vectors",
@@ -95,7 +87,42 @@ def prefer_wide_vectors() -> bool:
     return has_avx512() and _add_flag(VECTOR_WIDTH_FLAG, "512")
 
 
+def backend_started() -> bool:
+    """Whether JAX has already started a backend in this process (then ``XLA_FLAGS`` is read)."""
+    from jax._src import xla_bridge  # no public API tells; both spellings across versions
+
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started()) if started is not None else bool(getattr(xla_bridge, "_backends", {}))
+
+
 def apply_cpu_settings() -> list[str]:
-    """Both settings above; returns the flags it added to ``XLA_FLAGS``."""
+    """Adds both settings above to ``XLA_FLAGS`` (flags already there are kept).
+
+    Call it before the first JAX computation: XLA reads ``XLA_FLAGS`` once, when
+    JAX starts its backend. Called later, it still updates ``XLA_FLAGS`` (for child
+    processes) but warns that this process keeps its flags.
+
+    Returns:
+      The flags it added (none when the user already set them, or on a CPU
+      without AVX-512 for the vector width).
+
+    Warns:
+      RuntimeWarning: if JAX's backend had already started.
+
+    Example:
+      >>> from relaxjax.cpu import apply_cpu_settings
+      >>> isinstance(apply_cpu_settings(), list)  # doctest: +SKIP
+      True
+    """
+    started = backend_started()
     added = [SCHEDULER_FLAG] if prefer_sequential_cpu_scheduler() else []
-    return added + ([VECTOR_WIDTH_FLAG] if prefer_wide_vectors() else [])
+    added += [VECTOR_WIDTH_FLAG] if prefer_wide_vectors() else []
+    if started and added:
+        warnings.warn(
+            f"apply_cpu_settings() called after JAX started its backend: {', '.join(added)} "
+            "take no effect in this process (XLA reads XLA_FLAGS once, at start). Call it "
+            "before the first JAX computation, or set XLA_FLAGS before starting Python.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return added

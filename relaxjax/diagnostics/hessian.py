@@ -63,7 +63,30 @@ KeyLike = int | jax.Array
 def hessian_vector_product(
     loss_fn: LossFn, params: Params, vector: Params, *, loss_args: tuple = ()
 ) -> Params:
-    """H v with H = ∇²f(params): the jvp of the gradient (forward-over-reverse), a pytree."""
+    """H v with H = ∇²f(params): the jvp of the gradient (forward-over-reverse), a pytree.
+
+    Args:
+      loss_fn: ``loss_fn(params, *loss_args) -> scalar``, twice differentiable.
+      params: the point, any pytree of float arrays.
+      vector: v, a pytree like ``params``.
+      loss_args: further arguments of ``loss_fn``.
+
+    Returns:
+      H v, a pytree like ``params``.
+
+    References:
+      ``docs/diagnostics.md`` §2.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import diagnostics
+      >>> def loss(x, h):  # f(x) = ½ Σ hᵢ xᵢ², Hessian diag(h)
+      ...     return 0.5 * jnp.sum(h * x**2)
+      >>> h = jnp.array([4.0, 2.0, 1.0, 0.5])
+      >>> v = jnp.ones(4)
+      >>> print(diagnostics.hessian_vector_product(loss, jnp.ones(4), v, loss_args=(h,)))
+      [4.  2.  1.  0.5]
+    """
     grad = jax.grad(lambda p: loss_fn(p, *loss_args))
     return jax.jvp(grad, (params,), (vector,))[1]
 
@@ -156,7 +179,8 @@ class HessianEigen(NamedTuple):
       eigenvectors: unit Ritz vectors as a pytree like the parameters with a
         leading axis of size k (None unless requested).
       residuals: ‖H v − θ v‖ of each pair, from the Lanczos recurrence
-        (|β_m s_{m,i}|); θ is within this distance of an eigenvalue.
+        (the absolute value of β_m s_{m,i}); θ is within this distance of an
+        eigenvalue.
     """
 
     eigenvalues: np.ndarray
@@ -201,12 +225,32 @@ def hessian_top_eigenvalues(
       num_iterations: Lanczos steps m (HVPs).
       loss_args: further arguments of ``loss_fn`` (arrays: data, model state).
       which: ``"largest"`` (algebraic, descending), ``"smallest"`` (ascending)
-        or ``"magnitude"`` (largest |θ|, descending in |θ|).
+        or ``"magnitude"`` (largest ``abs(θ)``, descending in ``abs(θ)``).
       key: PRNG key or int seed of the start vector.
       return_eigenvectors: also return the Ritz vectors.
 
     Returns:
       A :class:`HessianEigen`.
+
+    Raises:
+      ValueError: for an unknown ``which`` or k outside [1, min(m, #params)].
+      TypeError: for parameters that are not floating point.
+
+    References:
+      Lanczos with full reorthogonalisation; Chaudhari et al., *Entropy-SGD* (ICLR
+      2017), the Hessian spectra of trained networks. ``docs/diagnostics.md`` §2.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import diagnostics
+      >>> def loss(x, h):  # f(x) = ½ Σ hᵢ xᵢ², Hessian diag(h)
+      ...     return 0.5 * jnp.sum(h * x**2)
+      >>> h = jnp.array([4.0, 2.0, 1.0, 0.5])
+      >>> top = diagnostics.hessian_top_eigenvalues(
+      ...     loss, jnp.ones(4), k=2, num_iterations=4, loss_args=(h,)
+      ... )
+      >>> print(top.eigenvalues.round(4), bool(top.residuals.max() < 1e-4))
+      [4. 2.] True
     """
     if which not in _WHICH:
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
@@ -258,12 +302,27 @@ class SpectralDensity(NamedTuple):
     dimension: int
 
     def trace(self, fn: Callable[[np.ndarray], np.ndarray]) -> float:
-        """Estimate of tr fn(H), e.g. ``trace(lambda t: t)`` or ``trace(np.log1p)``."""
+        """Estimate of tr fn(H), e.g. ``trace(lambda t: t)`` or ``trace(np.log1p)``.
+
+        Args:
+          fn: a NumPy function applied to the Ritz nodes.
+
+        Returns:
+          n · mean over probes of Σ_j w_pj fn(θ_pj), a float.
+        """
         return float(self.dimension * np.mean(np.sum(self.weights * fn(self.nodes), axis=1)))
 
     def density(self, t: np.ndarray | Sequence[float], sigma: float) -> np.ndarray:
         """Eigenvalue density at points ``t``, each Ritz node broadened by a Gaussian of
-        width ``sigma``; integrates to 1 (Ghorbani, Krishnan & Xiao 2019)."""
+        width ``sigma``; integrates to 1 (Ghorbani, Krishnan & Xiao 2019).
+
+        Args:
+          t: the points, any shape.
+          sigma: the Gaussian broadening (> 0).
+
+        Returns:
+          The density, a NumPy array of the shape of ``t``.
+        """
         t = np.asarray(t, dtype=np.float64)[..., None, None]
         kernel = np.exp(-0.5 * ((t - self.nodes) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
         return np.mean(np.sum(self.weights * kernel, axis=-1), axis=-1)
@@ -286,6 +345,41 @@ def hessian_spectral_density(
     :meth:`SpectralDensity.density` to plot it and :meth:`SpectralDensity.trace`
     for spectral sums such as tr log(I + γH) (:func:`laplace_local_entropy_gap`
     with the whole spectrum).
+
+    Args:
+      loss_fn: ``loss_fn(params, *loss_args) -> scalar``, twice differentiable,
+        deterministic.
+      params: the point, any pytree of float arrays.
+      num_iterations: Lanczos steps m per probe (capped at the number of parameters).
+      num_probes: P ≥ 1 Rademacher probes.
+      loss_args: further arguments of ``loss_fn`` (arrays: data, model state).
+      key: PRNG key or int seed of the probes.
+
+    Returns:
+      A :class:`SpectralDensity` (NumPy arrays).
+
+    Raises:
+      ValueError: for ``num_probes < 1`` or ``num_iterations < 1``.
+
+    References:
+      Ubaru, Chen & Saad, *Fast estimation of tr(f(A)) via stochastic Lanczos
+      quadrature* (2017); Ghorbani, Krishnan & Xiao, *An investigation into neural net
+      optimization via Hessian eigenvalue density* (ICML 2019). ``docs/diagnostics.md``
+      §3.
+
+    Example:
+      For a diagonal Hessian every Rademacher probe gives the exact trace:
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import diagnostics
+      >>> def loss(x, h):  # f(x) = ½ Σ hᵢ xᵢ², Hessian diag(h)
+      ...     return 0.5 * jnp.sum(h * x**2)
+      >>> h = jnp.array([4.0, 2.0, 1.0, 0.5])
+      >>> density = diagnostics.hessian_spectral_density(
+      ...     loss, jnp.ones(4), num_iterations=4, num_probes=2, loss_args=(h,)
+      ... )
+      >>> density.nodes.shape, round(density.trace(lambda t: t), 4)
+      ((2, 4), 7.5)
     """
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")

@@ -114,6 +114,25 @@ def lobatto_rule(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
 
     Exact for polynomials of degree ≤ 2·num_nodes − 3; 2 nodes is the trapezoidal
     rule, 3 is Simpson's.
+
+    Args:
+      num_nodes: the number of nodes, ≥ 2.
+
+    Returns:
+      ``(nodes, weights)``, NumPy arrays of shape ``(num_nodes,)``; the weights sum
+      to 1.
+
+    Raises:
+      ValueError: for fewer than 2 nodes.
+
+    References:
+      ``docs/diagnostics.md`` §4.1 (the quadrature in λ).
+
+    Example:
+      >>> from relaxjax import diagnostics
+      >>> nodes, weights = diagnostics.lobatto_rule(3)  # Simpson's rule
+      >>> nodes.tolist(), weights.round(4).tolist()
+      ([0.0, 0.5, 1.0], [0.1667, 0.6667, 0.1667])
     """
     if num_nodes < 2:
         raise ValueError(f"num_nodes must be >= 2, got {num_nodes}")
@@ -325,6 +344,31 @@ def local_entropy_estimate(
 
     Returns:
       A :class:`LocalEntropyEstimate` (NumPy arrays; ``gradient`` a pytree).
+
+    Raises:
+      ValueError: for γ ≤ 0, ε ≤ 0, fewer than 2 chains, ``num_steps < 1``, a
+        ``chain_batch_size`` outside [1, num_chains] or η′ outside (0, 2γ).
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the local entropy; *Entropy-SGD*
+      (ICLR 2017). ``docs/diagnostics.md`` §4, ``docs/deep-relaxation.md`` §1.1 and
+      §1.4.
+
+    Example:
+      At the minimum of f(x) = ½ ‖x‖² in 2-D the exact gap f_γ − f is
+      (2β)⁻¹ · 2 log(1 + γ) (see :func:`laplace_local_entropy_gap`):
+
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import diagnostics
+      >>> loss = lambda x: 0.5 * jnp.sum(x**2)
+      >>> est = diagnostics.local_entropy_estimate(
+      ...     loss, jnp.zeros(2), 1.0, noise=0.3, num_steps=100, num_chains=32, num_lambdas=3
+      ... )
+      >>> exact = diagnostics.laplace_local_entropy_gap([1.0, 1.0], 1.0, 0.3)
+      >>> round(exact, 4), bool(abs(est.relaxed_loss[0] - exact) < 0.02)
+      (0.0624, True)
+      >>> bool(est.gibbs_loss[0] <= est.relaxed_loss[0] <= est.smoothed_loss[0])
+      True
     """
     gammas = np.atleast_1d(np.asarray(gamma, dtype=np.float64))
     if gammas.ndim != 1 or gammas.size == 0 or not np.all(gammas > 0):
@@ -436,6 +480,26 @@ def laplace_local_entropy_gap(
     solution of a quadratic). Eigenvalues ≤ −1/γ make the integral diverge and
     raise ``ValueError``. With only the top-k eigenvalues (Lanczos) it is a lower
     bound on the quadratic model's gap when the rest are ≥ 0.
+
+    Args:
+      eigenvalues: the Hessian eigenvalues λᵢ (all of them, or the top k).
+      gamma: the scope γ > 0.
+      noise: ε, the Langevin noise (β = 1/ε²).
+
+    Returns:
+      The gap, a float.
+
+    Raises:
+      ValueError: if an eigenvalue is ≤ −1/γ.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018). ``docs/deep-relaxation.md`` §1.1,
+      ``docs/diagnostics.md`` §5.
+
+    Example:
+      >>> from relaxjax import diagnostics
+      >>> round(diagnostics.laplace_local_entropy_gap([3.0, 0.0], gamma=1.0, noise=0.1), 6)
+      0.006931
     """
     lam = np.asarray(eigenvalues, dtype=np.float64)
     if np.any(1.0 + gamma * lam <= 0):

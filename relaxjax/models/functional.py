@@ -27,6 +27,20 @@ class FunctionalModel(NamedTuple):
     from ``dropout_key``) and BatchNorm uses and updates batch statistics;
     in eval mode dropout is off, running statistics are used and
     ``new_model_state`` is ``model_state``.
+
+    Attributes:
+      init: ``init(key, sample_input) -> (params, model_state)``.
+      apply: ``apply(params, model_state, x, *, train, dropout_key=None) ->
+        (logits, new_model_state)``.
+      feed_statistics: see below; None if the model does not support it.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.models import get_model
+      >>> model = get_model("mnistfc")
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+      >>> sorted(params), sorted(state)
+      (['BatchNorm_0', 'BatchNorm_1', 'Dense_0', 'Dense_1', 'Dense_2'], ['batch_stats'])
     """
 
     init: Callable[[jax.Array, jax.Array], tuple[Params, ModelState]]
@@ -155,6 +169,28 @@ def functional(
     Params and state are plain nested dicts of arrays in both cases. Both also
     get ``feed_statistics`` (train-mode normalisation with every ``Dropout``
     made the identity: intercepted for linen, ``deterministic=True`` for NNX).
+
+    Args:
+      model: a ``flax.linen`` module (uninitialised) or a ``flax.nnx`` module
+        (initialised).
+      train_kwarg: the keyword of a linen module's train/eval switch, or None if its
+        ``__call__`` has none (ignored for NNX).
+
+    Returns:
+      A :class:`FunctionalModel` ``(init, apply, feed_statistics)``.
+
+    Raises:
+      TypeError: if ``model`` is neither a linen nor an NNX module.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.models import functional
+      >>> model = functional(nn.Dense(3), train_kwarg=None)
+      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+      >>> logits, state = model.apply(params, state, jnp.ones((2, 4)), train=True)
+      >>> logits.shape, state
+      ((2, 3), {})
     """
     if isinstance(model, nnx.Module):
         return _nnx_functional(model)
@@ -168,6 +204,18 @@ def count_params(params: Params) -> int:
 
     Leaves may be ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape(model.init, ...)``),
     which counts a network's parameters without initialising it.
+
+    Args:
+      params: a pytree of arrays, shape-dtype structs or scalars.
+
+    Returns:
+      The number of scalars, a Python int.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax.models import count_params
+      >>> count_params({"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)})
+      16
     """
     return sum(
         math.prod(p.shape) if hasattr(p, "shape") else int(jnp.size(p))

@@ -33,6 +33,20 @@ class HashDropout(nn.Dropout):
     threefry's masks for ``mnistfc``'s activations are a sizeable part of a training
     step; ``benchmarks/inner_loop.py`` times both (its reference rows with flax's
     ``nn.Dropout``). ``broadcast_dims`` share one mask value, as in ``nn.Dropout``.
+
+    Attributes:
+      rate: the probability of dropping an input (as ``nn.Dropout``).
+      broadcast_dims: axes along which the mask is shared.
+      deterministic: if True, the identity.
+      rng_collection: the RNG stream of the per-call key (``"dropout"``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.models import HashDropout
+      >>> layer = HashDropout(0.5, deterministic=False)
+      >>> y = layer.apply({}, jnp.ones((1, 1000)), rngs={"dropout": jax.random.key(0)})
+      >>> sorted(set(y.ravel().tolist())), 400 < int((y > 0).sum()) < 600
+      ([0.0, 2.0], True)
     """
 
     @nn.compact
@@ -51,11 +65,29 @@ class HashDropout(nn.Dropout):
 
 
 def batch_norm(train: bool) -> nn.BatchNorm:
-    """``nn.BatchNorm`` with PyTorch's defaults (momentum 0.1 on the new statistic, ε = 1e-5)."""
+    """``nn.BatchNorm`` with PyTorch's defaults (momentum 0.1 on the new statistic, ε = 1e-5).
+
+    Args:
+      train: normalise with the batch's statistics and update the running ones (True)
+        or with the running statistics (False).
+
+    Returns:
+      An ``nn.BatchNorm`` with ``momentum=BN_MOMENTUM`` and ``epsilon=BN_EPSILON``.
+
+    References:
+      ``docs/deep-relaxation.md`` §3.1 (BatchNorm as in the authors' PyTorch code).
+
+    Example:
+      >>> from relaxjax.models import batch_norm
+      >>> layer = batch_norm(train=True)
+      >>> layer.use_running_average, layer.momentum, layer.epsilon
+      (False, 0.9, 1e-05)
+    """
     return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
 
 
 DROPOUT_MASKS = ("hash", "threefry")
+"""The values of the networks' ``dropout_masks``: :class:`HashDropout` or flax's ``nn.Dropout``."""
 
 
 def dropout_layer(rate: float, *, train: bool, masks: str = "hash") -> nn.Dropout:
@@ -64,6 +96,25 @@ def dropout_layer(rate: float, *, train: bool, masks: str = "hash") -> nn.Dropou
 
     Both keep each input with probability 1 − ``rate`` and scale it by 1/(1 − ``rate``);
     they draw different masks from the same ``"dropout"`` key.
+
+    Args:
+      rate: the probability of dropping an input.
+      train: dropout is on in train mode, the identity otherwise.
+      masks: one of :data:`DROPOUT_MASKS`.
+
+    Returns:
+      The (unbound) dropout module.
+
+    Raises:
+      ValueError: for an unknown ``masks``.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> from relaxjax.models import HashDropout, dropout_layer
+      >>> type(dropout_layer(0.5, train=True)) is HashDropout
+      True
+      >>> type(dropout_layer(0.5, train=False, masks="threefry")) is nn.Dropout
+      True
     """
     if masks not in DROPOUT_MASKS:
         raise ValueError(f"dropout masks must be one of {DROPOUT_MASKS}, got {masks!r}")

@@ -52,7 +52,32 @@ from relaxjax.models.layers import batch_norm, dropout_layer
 
 
 class MnistFC(nn.Module):
-    """``mnistfc`` of Entropy-SGD / Deep Relaxation (1,867,786 parameters for 10 classes)."""
+    """``mnistfc`` of Entropy-SGD / Deep Relaxation (1,867,786 parameters for 10 classes).
+
+    Input dropout, then two Dense(``hidden``)-BN-ReLU-dropout blocks (Dense-ReLU-BN with
+    ``bn_after_relu``), then Dense(``num_classes``). Called as ``module(x, train)`` on
+    NHWC (or any ``(N, ...)``) inputs, flattened per example.
+
+    Attributes:
+      num_classes: the number of outputs.
+      hidden: the width of the two hidden layers.
+      input_dropout: the dropout rate on the inputs.
+      dropout: the dropout rate after each hidden layer.
+      bn_after_relu: Dense-ReLU-BN (the Deep Relaxation code) instead of Dense-BN-ReLU.
+      dropout_masks: ``"hash"`` (:class:`HashDropout`) or ``"threefry"`` (flax's
+        ``nn.Dropout``).
+
+    References:
+      Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5 (experiments);
+      ``docs/deep-relaxation.md`` §3.1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.models import MnistFC, count_params
+      >>> x = jnp.zeros((1, 28, 28, 1))
+      >>> count_params(jax.eval_shape(MnistFC().init, jax.random.key(0), x)["params"])
+      1867786
+    """
 
     num_classes: int = 10
     hidden: int = 1024
@@ -77,7 +102,36 @@ class MnistFC(nn.Module):
 
 
 class LeNet(nn.Module):
-    """The paper's LeNet (``mnistconv`` in the original code), for 28x28 inputs."""
+    """The paper's LeNet (``mnistconv`` in the original code), for 28x28 inputs.
+
+    Two conv5x5-BN-ReLU-maxpool-dropout blocks (20 and 50 channels, pools 3 and 2;
+    conv-ReLU-pool-BN with ``bn_after_pool``), then Dense(500)-BN-ReLU-dropout and
+    Dense(``num_classes``).
+
+    Attributes:
+      num_classes: the number of outputs.
+      dropout: the dropout rate after each block.
+      conv_implementation: ``"auto"``, ``"patches"`` or ``"xla"``, see
+        :class:`relaxjax.cpu.layers.PatchConv`.
+      bn_after_pool: conv-ReLU-pool-BN (the Deep Relaxation code) instead of
+        conv-BN-ReLU-pool.
+      dense_bn: BatchNorm on the 500-unit layer (absent in the Deep Relaxation code).
+      dropout_masks: ``"hash"`` (:class:`HashDropout`) or ``"threefry"``.
+      pooling: ``"tiles"`` (:func:`relaxjax.cpu.layers.max_pool_tiles`) or ``"xla"``
+        (``nn.max_pool``), the same values.
+
+    References:
+      Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5 (experiments);
+      ``docs/deep-relaxation.md`` §3.1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.models import LeNet
+      >>> x = jnp.zeros((2, 28, 28, 1))
+      >>> variables = jax.eval_shape(LeNet().init, jax.random.key(0), x)
+      >>> jax.eval_shape(LeNet().apply, variables, x).shape
+      (2, 10)
+    """
 
     num_classes: int = 10
     dropout: float = 0.5
@@ -113,7 +167,33 @@ class LeNet(nn.Module):
 
 
 class AllCNN(nn.Module):
-    """All-CNN-C with BatchNorm (``allcnn``), c1 = 96, c2 = 192, for 32x32 inputs."""
+    """All-CNN-C with BatchNorm (``allcnn``), c1 = 96, c2 = 192, for 32x32 inputs.
+
+    Input dropout, three conv3x3-BN-ReLU layers of ``c1`` channels (the last with
+    stride 2), dropout, the same with ``c2`` channels, dropout, two conv3x3 and one
+    conv1x1 to ``num_classes`` channels (each with BN and ReLU), global average pooling.
+
+    Attributes:
+      num_classes: the number of outputs.
+      c1: the channels of the first three convolutions.
+      c2: the channels of the next five.
+      input_dropout: the dropout rate on the inputs.
+      dropout: the dropout rate after each stride-2 stage.
+      dropout_masks: ``"hash"`` (:class:`HashDropout`) or ``"threefry"``.
+
+    References:
+      Springenberg et al., *Striving for simplicity: the all convolutional net*
+      (ICLR 2015 workshop); Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5 (experiments);
+      ``docs/deep-relaxation.md`` §3.1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.models import AllCNN
+      >>> x = jnp.zeros((2, 32, 32, 3))
+      >>> variables = jax.eval_shape(AllCNN().init, jax.random.key(0), x)
+      >>> jax.eval_shape(AllCNN().apply, variables, x).shape
+      (2, 10)
+    """
 
     num_classes: int = 10
     c1: int = 96

@@ -17,6 +17,8 @@ from relaxjax.models.networks import AllCNN, LeNet, MnistFC
 __all__ = ["INPUT_SHAPES", "MODELS", "get_model", "get_module", "register_model"]
 
 
+#: The networks by registry name: ``MODELS[name](num_classes=..., **overrides)`` builds
+#: the linen module (:func:`get_module`); :func:`register_model` adds to it.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnistfc": MnistFC,
     "lenet": LeNet,
@@ -29,8 +31,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet-dr": functools.partial(LeNet, dropout=0.25, bn_after_pool=True, dense_bn=False),
 }
 
-# The input (height, width, channels) each network is trained on in the papers: MNIST's
-# 28x28 grey images, CIFAR-10's 32x32 colour ones (All-CNN's final pooling assumes 8x8).
+#: The input (height, width, channels) each network is trained on in the papers: MNIST's
+#: 28x28 grey images, CIFAR-10's 32x32 colour ones (All-CNN's final pooling assumes 8x8).
 INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     name: (32, 32, 3) if name == "allcnn" else (28, 28, 1) for name in MODELS
 }
@@ -51,6 +53,14 @@ def register_model(
 
     Raises:
       ValueError: if ``name`` is already registered.
+
+    Example:
+      >>> import functools
+      >>> from relaxjax.models import INPUT_SHAPES, MODELS, MnistFC, get_module, register_model
+      >>> register_model("mnistfc-narrow", functools.partial(MnistFC, hidden=64))
+      >>> get_module("mnistfc-narrow").hidden, INPUT_SHAPES["mnistfc-narrow"]
+      (64, (28, 28, 1))
+      >>> del MODELS["mnistfc-narrow"], INPUT_SHAPES["mnistfc-narrow"]  # undo, for this example
     """
     key = name.lower()
     if key in MODELS:
@@ -72,6 +82,12 @@ def get_module(name: str, *, num_classes: int = 10, **overrides) -> nn.Module:
 
     Raises:
       ValueError: for an unknown name, listing the valid ones.
+
+    Example:
+      >>> from relaxjax.models import get_module
+      >>> module = get_module("lenet-dr", num_classes=100)
+      >>> type(module).__name__, module.num_classes, module.dropout
+      ('LeNet', 100, 0.25)
     """
     key = name.lower()
     if key not in MODELS:

@@ -20,6 +20,7 @@ Regularizer = Callable[[PyTree], Array]
 LossFn = Callable[[Array, Array], Array]
 """Per-sample loss ``Φ``: ``loss_fn(outputs, targets) -> losses`` of shape ``(S,)``."""
 Penalty = Literal["sum", "mean"]
+"""The normalisation of the augmented Hamiltonian's penalties: ``"sum"`` or ``"mean"``."""
 
 
 # --------------------------------------------------------------------------------------
@@ -34,6 +35,25 @@ class LayerSequence:
     A pytree: ``params`` (a tuple, one parameter pytree per layer) are the leaves;
     ``apply_fns`` and ``regularizers`` are static.  Layers with no parameters (e.g. a
     reshape or a read-out) are allowed and are skipped by the maximisation step.
+    Build it with :func:`from_pairs` or :func:`sequential`; calling it runs the network.
+
+    Attributes:
+      params: one parameter pytree θ_t per layer (``{}`` for parameter-free layers).
+      apply_fns: one ``apply_fn(params, x) -> x_next`` per layer (static).
+      regularizers: one ``L_t(params)`` or None per layer (static).
+
+    References:
+      Li, Chen, Tai, E, *Maximum Principle Based Algorithms for Deep Learning* (JMLR
+      2018), the network as a discrete-time control system. ``docs/msa.md`` §1,
+      ``docs/emsa.md`` §1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import msa
+      >>> layer = lambda w, x: jnp.tanh(x @ w)  # f_t(x, θ) with θ = w
+      >>> net = msa.from_pairs([(layer, jnp.eye(2)), (layer, 2 * jnp.eye(2))])
+      >>> len(net), net(jnp.ones((3, 2))).shape
+      (2, (3, 2))
     """
 
     params: tuple
@@ -49,7 +69,14 @@ class LayerSequence:
         return len(self.apply_fns)
 
     def __call__(self, x: Array) -> Array:
-        """Network output ``x_T`` for input ``x_0 = x``."""
+        """Network output ``x_T`` for input ``x_0 = x``.
+
+        Args:
+          x: a batch of inputs ``x_0`` (leading batch axis).
+
+        Returns:
+          ``x_T``, the last state of :func:`forward`.
+        """
         return forward(self, x)[-1]
 
 
@@ -91,6 +118,25 @@ def from_pairs(
 
     ``apply_fn(params, x)`` maps a batch of states ``x_t`` to ``x_{t+1}``.
     ``regularizer`` is ``L_t`` (one callable for all layers or one per layer).
+
+    Args:
+      pairs: ``(apply_fn, params)`` per layer, in order.
+      regularizer: None, one ``L_t(params) -> scalar`` for every layer, or a sequence
+        with one callable (or None) per layer.
+
+    Returns:
+      The :class:`LayerSequence`.
+
+    Raises:
+      ValueError: for an empty or malformed ``pairs`` or ``regularizer``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import msa
+      >>> layer = lambda w, x: jnp.tanh(x @ w)  # f_t(x, θ) with θ = w
+      >>> net = msa.from_pairs([(layer, jnp.eye(2))] * 3, regularizer=msa.l2_regularizer(0.5))
+      >>> net.num_layers, float(net.regularizers[0](net.params[0]))  # 0.5/2 · Σ θ²
+      (3, 0.5)
     """
     pairs = _check_sequence(pairs, "pairs")
     apply_fns, params = [], []
@@ -121,6 +167,28 @@ def sequential(
     parameters, and equal modules share one ``apply`` (hence one compilation and,
     with ``batch_layers=True``, one vmapped maximisation).  Only the ``"params"``
     collection is supported.
+
+    Args:
+      modules: linen modules, one per layer; each is called as ``module(x)``.
+      sample_input: a batch of inputs ``x_0`` (only its shape and dtype are used).
+      key: PRNG key of the initialisation (split over the modules).
+      regularizer: as in :func:`from_pairs`.
+
+    Returns:
+      The :class:`LayerSequence` of the initialised modules.
+
+    Raises:
+      ValueError: for something other than a non-empty list of linen modules, or a
+        module with variable collections other than ``"params"``.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import msa
+      >>> dense = nn.Dense(4)
+      >>> net = msa.sequential([dense, dense], jnp.zeros((1, 4)), jax.random.key(0))
+      >>> net.num_layers, net.apply_fns[0] is net.apply_fns[1]  # one apply, shared
+      (2, True)
     """
     modules = _check_sequence(modules, "modules")
     for i, m in enumerate(modules):
@@ -154,7 +222,20 @@ def sequential(
 
 
 def l2_regularizer(weight: float) -> Regularizer:
-    """``L(θ) = (weight/2) Σ θ²`` over all parameter leaves."""
+    """``L(θ) = (weight/2) Σ θ²`` over all parameter leaves.
+
+    Args:
+      weight: the L2 weight.
+
+    Returns:
+      The regulariser ``L(params) -> scalar``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import msa
+      >>> float(msa.l2_regularizer(0.5)({"w": jnp.ones(3), "b": jnp.ones(1)}))
+      1.0
+    """
 
     def reg(params: PyTree) -> Array:
         return 0.5 * weight * sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
@@ -167,7 +248,27 @@ def regularization(reg: Regularizer | None, params: PyTree) -> Array:
 
 
 def forward(layers: LayerSequence, x0: Array) -> list[Array]:
-    """States ``[x_0, …, x_T]`` with ``x_{t+1} = f_t(x_t, θ_t)``."""
+    """States ``[x_0, …, x_T]`` with ``x_{t+1} = f_t(x_t, θ_t)``.
+
+    Args:
+      layers: the network.
+      x0: a batch of inputs (leading batch axis).
+
+    Returns:
+      The T + 1 states, a list of arrays.
+
+    References:
+      Li et al., *Maximum Principle Based Algorithms for Deep Learning* (2018), the
+      state equation. ``docs/msa.md`` §1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import msa
+      >>> layer = lambda w, x: jnp.tanh(x @ w)  # f_t(x, θ) with θ = w
+      >>> net = msa.from_pairs([(layer, jnp.eye(2))] * 3)
+      >>> [x.shape for x in msa.forward(net, jnp.ones((5, 2)))]
+      [(5, 2), (5, 2), (5, 2), (5, 2)]
+    """
     xs = [x0]
     for fn, p in zip(layers.apply_fns, layers.params, strict=True):
         xs.append(fn(p, xs[-1]))

@@ -18,7 +18,13 @@ from relaxjax.msa.layers import Array, LayerSequence, sequential
 
 
 class Broadcast(nn.Module):
-    """Copy a scalar input into ``dim`` coordinates: ``(S, 1) -> (S, dim)``."""
+    """Copy a scalar input into ``dim`` coordinates: ``(S, 1) -> (S, dim)``.
+
+    A parameter-free layer (the sine net's first).
+
+    Attributes:
+      dim: the number of coordinates.
+    """
 
     dim: int
 
@@ -27,14 +33,28 @@ class Broadcast(nn.Module):
 
 
 class SumReadout(nn.Module):
-    """Sum of the coordinates: ``(S, d) -> (S, 1)``."""
+    """Sum of the coordinates: ``(S, d) -> (S, 1)``.
+
+    A parameter-free layer (the sine net's last).
+    """
 
     def __call__(self, x: Array) -> Array:
         return jnp.sum(x, axis=-1, keepdims=True)
 
 
 class ResidualTanh(nn.Module):
-    """Forward-Euler step of ``Ẋ = tanh(W X + b)``: ``x + dt·tanh(W x + b)``."""
+    """Forward-Euler step of ``Ẋ = tanh(W X + b)``: ``x + dt·tanh(W x + b)``.
+
+    Attributes:
+      features: the width of x (W is ``features × features``).
+      dt: the time step.
+      kernel_init: W's initialiser (truncated normal, std 0.1).
+      bias_init: b's initialiser (0.1).
+
+    References:
+      Li et al., *Maximum Principle Based Algorithms for Deep Learning* (2018), the
+      sine-approximation experiment. ``docs/msa.md`` §4, ``docs/emsa.md`` §4.
+    """
 
     features: int
     dt: float
@@ -48,7 +68,12 @@ class ResidualTanh(nn.Module):
 
 
 class Projection(nn.Module):
-    """Convolution, tanh, 2×2 max-pool (the paper's projection layers)."""
+    """Convolution, tanh, 2×2 max-pool (the paper's projection layers).
+
+    Attributes:
+      features: the output channels.
+      kernel_size: the convolution's kernel size (SAME padding).
+    """
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
@@ -60,7 +85,12 @@ class Projection(nn.Module):
 
 
 class ResidualConv(nn.Module):
-    """``x + dt·tanh(W ⋆ x + b)`` with a ``features → features`` 3×3 convolution."""
+    """``x + dt·tanh(W ⋆ x + b)`` with a ``features → features`` 3×3 convolution.
+
+    Attributes:
+      features: the channels C of x.
+      dt: the time step δ (paper: 0.5).
+    """
 
     features: int = 32
     dt: float = 0.5
@@ -71,7 +101,11 @@ class ResidualConv(nn.Module):
 
 
 class DenseClassifier(nn.Module):
-    """Flatten and a dense layer to ``num_classes`` logits (softmax in the loss)."""
+    """Flatten and a dense layer to ``num_classes`` logits (softmax in the loss).
+
+    Attributes:
+      num_classes: the number of logits.
+    """
 
     num_classes: int = 10
 
@@ -95,6 +129,31 @@ def sine_net(
     coordinates (no parameters).  ``init="good"``: weights truncated normal std 0.1,
     biases 0.1; ``init="zero"``: all zeros (the paper's bad initialisation).  Use with
     :func:`squared_error` and :func:`sine_dataset`.
+
+    Args:
+      key: PRNG key of the initialisation.
+      num_layers: the number of residual layers (> 0).
+      dt: the forward-Euler time step.
+      dim: the state dimension.
+      init: ``"good"`` or ``"zero"``.
+
+    Returns:
+      A :class:`LayerSequence` of ``num_layers + 2`` layers.
+
+    Raises:
+      ValueError: for ``num_layers <= 0`` or an unknown ``init``.
+
+    References:
+      Li et al., *Maximum Principle Based Algorithms for Deep Learning* (2018), the
+      sine-approximation experiment. ``docs/msa.md`` §4.
+
+    Example:
+      >>> import jax
+      >>> from relaxjax import msa
+      >>> layers = msa.sine_net(jax.random.key(0), num_layers=3)
+      >>> x, y = msa.sine_dataset(jax.random.key(1), n=64)
+      >>> layers.num_layers, layers(x).shape  # Broadcast, 3 residual layers, SumReadout
+      (5, (64, 1))
     """
     if num_layers <= 0:
         raise ValueError(f"num_layers must be positive, got {num_layers}.")
@@ -110,7 +169,25 @@ def sine_net(
 
 
 def sine_dataset(key: Array, *, n: int = 1000) -> tuple[Array, Array]:
-    """``n`` samples ``x ~ U[−π, π]``, ``y = sin x``, each of shape ``(n, 1)``."""
+    """``n`` samples ``x ~ U[−π, π]``, ``y = sin x``, each of shape ``(n, 1)``.
+
+    Args:
+      key: PRNG key of the samples.
+      n: the number of samples.
+
+    Returns:
+      ``(x, y)``, arrays of shape ``(n, 1)``.
+
+    References:
+      ``docs/msa.md`` §4.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import msa
+      >>> x, y = msa.sine_dataset(jax.random.key(0), n=8)
+      >>> x.shape, bool(jnp.all(jnp.abs(x) <= jnp.pi)), bool(jnp.allclose(y, jnp.sin(x)))
+      ((8, 1), True, True)
+    """
     x = jax.random.uniform(key, (n, 1), minval=-jnp.pi, maxval=jnp.pi)
     return x, jnp.sin(x)
 
@@ -132,6 +209,28 @@ def paper_mnist_net(
     logits (use :func:`softmax_cross_entropy`).  Kernel sizes and the first
     projection width are our choices (not given in the paper).  The residual
     layers share one module, so they compile once and can be vmapped together.
+
+    Args:
+      key: PRNG key of the initialisation.
+      input_shape: one input's (height, width, channels).
+      projection_channels: the two projection layers' channels.
+      num_residual: the number of residual layers.
+      dt: the residual layers' time step δ.
+      num_classes: the number of logits.
+
+    Returns:
+      A :class:`LayerSequence` of ``num_residual + 3`` layers.
+
+    References:
+      Li et al., *Maximum Principle Based Algorithms for Deep Learning* (2018), the
+      MNIST experiment. ``docs/msa.md`` §4, ``docs/emsa.md`` §4.
+
+    Example:
+      >>> import jax
+      >>> from relaxjax import msa
+      >>> net = msa.paper_mnist_net(jax.random.key(0), input_shape=(8, 8, 1), num_residual=2)
+      >>> net.num_layers, net.apply_fns[2] is net.apply_fns[3]  # the residual layers share
+      (5, True)
     """
     c = projection_channels[-1]
     residual = ResidualConv(c, dt)

@@ -36,7 +36,16 @@ from relaxjax.msa.layers import (
 
 
 class LayerResult(NamedTuple):
-    """Outcome of one layer's maximisation (all evaluated at the stored x, p, v, q)."""
+    """Outcome of one layer's maximisation (all evaluated at the stored x, p, v, q).
+
+    Attributes:
+      params: the new θ_t.
+      h_old: ``H_t(θ_old)``.
+      aug_old: ``H̃_t(θ_old)`` (= ``H_t(θ_old)`` up to rounding: the penalties vanish
+        there).
+      h_new: ``H_t(θ_new)``.
+      aug_new: ``H̃_t(θ_new)``.
+    """
 
     params: PyTree
     h_old: Array  # H_t(θ_old)
@@ -77,6 +86,34 @@ def layer_maximizer(
     them, so that ``H̃_t(new) ≥ H̃_t(old)`` holds by construction.  ``unroll`` is
     passed to the :func:`jax.lax.scan` over the inner steps.  Pure and jit-able with
     ``apply_fn``/``regularizer`` static.
+
+    Args:
+      inner_optimizer: the Optax transform minimising ``−H̃_t``.
+      inner_steps: the number of its steps.
+      penalty: ``"sum"`` or ``"mean"`` (see :func:`augmented_hamiltonian`).
+      init_noise: half-width of the uniform noise on the starting point; 0: none.
+      monotone: return the best iterate seen (never worse than ``params``).
+      unroll: forwarded to ``jax.lax.scan``.
+
+    Returns:
+      ``solve(apply_fn, regularizer, params, x, p, v, q, rho, key) -> LayerResult``.
+
+    References:
+      Li et al., *Maximum Principle Based Algorithms for Deep Learning* (2018), the
+      maximisation step of E-MSA. ``docs/msa.md`` §3, ``docs/emsa.md`` §3.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from relaxjax import msa
+      >>> apply_fn = lambda w, x: jnp.tanh(x * w)
+      >>> w, x, p = jnp.float32(0.5), jnp.ones((4, 1)), jnp.ones((4, 1))
+      >>> v, q = apply_fn(w, x), jax.grad(lambda x: jnp.vdot(p, apply_fn(w, x)))(x)
+      >>> solve = msa.layer_maximizer(optax.sgd(0.1), 5)
+      >>> result = jax.jit(solve, static_argnums=(0, 1))(
+      ...     apply_fn, None, w, x, p, v, q, 1.0, jax.random.key(0)
+      ... )
+      >>> bool(result.aug_new >= result.aug_old), bool(result.params > w)  # H grows with w
+      (True, True)
     """
     tx = optax.with_extra_args_support(inner_optimizer)
 
@@ -139,7 +176,13 @@ def layer_maximizer(
 
 
 class MSAState(NamedTuple):
-    """State of :func:`emsa`: the network (parameters inside), step count, noise key."""
+    """State of :func:`emsa`: the network (parameters inside), step count, noise key.
+
+    Attributes:
+      layers: the :class:`LayerSequence` at the current θ.
+      count: the number of E-MSA iterations taken.
+      key: the PRNG key of the inner starting points' noise.
+    """
 
     layers: LayerSequence
     count: Array
@@ -147,6 +190,7 @@ class MSAState(NamedTuple):
 
     @property
     def params(self) -> tuple:
+        """The layers' parameters θ (``layers.params``)."""
         return self.layers.params
 
 
@@ -168,7 +212,7 @@ class MSAMetrics(NamedTuple):
 
 
 class MSA(NamedTuple):
-    """An E-MSA optimizer (see :func:`emsa`)."""
+    """An E-MSA optimizer (see :func:`emsa`): four functions of a state or a network."""
 
     init: Callable[[Any], MSAState]
     """``init(layers) -> state`` (a :class:`LayerSequence` or ``(apply_fn, params)`` pairs)."""
@@ -274,14 +318,36 @@ def emsa(
         each maximisation jit-compiled.
       penalty: ``"sum"`` or ``"mean"`` normalisation of the penalties (module doc).
       unroll_inner: unroll the inner-step loop instead of a ``lax.scan``.  On XLA:CPU
-        convolutions inside loops are much slower (measured: 10 SGD steps on the
-        paper CNN's 2nd layer, batch 100: 17 s in a scan, 1 s unrolled); this does
+        convolutions inside loops run much slower than outside them (measurements
+        on the paper CNN: ``benchmarks/RESULTS.md``, ``docs/cpu.md`` §6); this does
         not help L-BFGS, whose line search is itself a ``while_loop``.  Costs
         compile time proportional to ``inner_steps``.
       seed: seed of the noise key.
 
     Returns:
       An :class:`MSA` with ``init``, ``step``, ``loss`` and ``predict``.
+
+    Raises:
+      ValueError: for a non-callable ``loss_fn``, ρ < 0 or not finite,
+        ``inner_steps`` not a positive int, an ``inner_optimizer`` that is not an
+        Optax transform, ``init_noise < 0`` or an unknown ``penalty``.
+
+    References:
+      Li, Chen, Tai, E, *Maximum Principle Based Algorithms for Deep Learning*, JMLR
+      18(165), 2018, the extended MSA. ``docs/msa.md`` §3 and §5, ``docs/emsa.md`` §3.
+
+    Example:
+      >>> import jax, optax
+      >>> from relaxjax import msa
+      >>> layers = msa.sine_net(jax.random.key(0), num_layers=3)
+      >>> x, y = msa.sine_dataset(jax.random.key(1), n=64)
+      >>> opt = msa.emsa(msa.squared_error, rho=1.0, inner_optimizer=optax.sgd(0.05), inner_steps=3)
+      >>> state = opt.init(layers)
+      >>> state, metrics = opt.step(state, (x, y))
+      >>> metrics.layer_gains.shape, bool(metrics.augmented_gain >= 0)
+      ((5,), True)
+      >>> bool(opt.loss(state, (x, y)) < metrics.loss)
+      True
     """
     if inner_optimizer is None:
         inner_optimizer = optax.lbfgs()
@@ -377,7 +443,28 @@ def emsa(
 
 
 def basic_msa(loss_fn: LossFn, **kwargs: Any) -> MSA:
-    """Basic MSA: :func:`emsa` with ``ρ = 0`` (plain maximisation of ``H_t``; may diverge)."""
+    """Basic MSA: :func:`emsa` with ``ρ = 0`` (plain maximisation of ``H_t``; may diverge).
+
+    Args:
+      loss_fn: the per-sample loss, as in :func:`emsa`.
+      **kwargs: the other keyword arguments of :func:`emsa`, except ``rho``.
+
+    Returns:
+      An :class:`MSA`.
+
+    Raises:
+      ValueError: if ``rho`` is given, and as :func:`emsa`.
+
+    References:
+      Li et al., *Maximum Principle Based Algorithms for Deep Learning* (2018), the
+      method of successive approximations. ``docs/msa.md`` §2.
+
+    Example:
+      >>> from relaxjax import msa
+      >>> opt = msa.basic_msa(msa.squared_error, inner_steps=5)
+      >>> type(opt).__name__, sorted(opt._fields)
+      ('MSA', ['init', 'loss', 'predict', 'step'])
+    """
     if "rho" in kwargs:
         raise ValueError("basic_msa fixes rho = 0; use emsa(rho=...) for E-MSA.")
     return emsa(loss_fn, rho=0.0, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -10,19 +11,21 @@ from pathlib import Path
 
 from relaxjax.train.optimizers import OPTIMIZERS, RELAXATIONS, OptimizerConfig
 
-MODELS = ("mnistfc", "lenet", "allcnn", "mnistfc-dr", "lenet-dr", "msa-resnet", "msa-resnet-tiny")
-_EMSA_MODELS = ("msa-resnet", "msa-resnet-tiny")  # layer sequences (relaxjax.train.emsa)
-DATASETS = ("mnist", "cifar10", "cifar100", "cifar10-jpeg")
 
-# The original code's defaults (see ../shared/docs/deep-relaxation.md §2-3), per data set:
-# coupling ρ₀ = 1/γ₀ (MNIST 1e-4, CIFAR 0.03), weight decay (CIFAR 1e-3).
-_DEFAULT_GAMMA = {"mnist": 1e4}
-_CIFAR_GAMMA = 1 / 0.03
-_DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
-_DEFAULT_STEP_SIZE = {"entropy-adam": 1e-3}
-# Parle (its code, parle_mpi.py): inner coupling 0.01 (scope 100), no Langevin noise; its
-# lr 0.1, rho 0.01·L·n capped at 10 are taken at this command's lr = 1 (same lr·rho).
-_PARLE_GAMMA = 100.0
+def model_names() -> tuple[str, ...]:
+    """``--model`` choices: the model registry's networks and E-MSA's layer sequences."""
+    from relaxjax.models import MODELS
+    from relaxjax.train.emsa import EMSA_MODELS
+
+    return (*MODELS, *EMSA_MODELS)
+
+
+def dataset_names() -> tuple[str, ...]:
+    """``--dataset`` choices: the data-set registry's named sets (not ``imagefolder``,
+    which needs a path)."""
+    from relaxjax.data import DATASETS
+
+    return tuple(name for name, info in DATASETS.items() if info.num_classes is not None)
 
 
 def _default_data_dir() -> str | None:
@@ -45,8 +48,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "evaluations over the training set).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", choices=MODELS, default="mnistfc")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument(
+        "--model", choices=model_names(), default=None, help="[mnistfc on MNIST, allcnn on CIFAR]"
+    )
+    p.add_argument("--dataset", choices=dataset_names(), default="mnist")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="entropy-sgd")
     p.add_argument("--epochs", type=float, default=None, help="effective epochs [5]")
     p.add_argument("--batch-size", type=int, default=128)
@@ -182,8 +187,6 @@ def _with_emsa(optimizer: OptimizerConfig, args: argparse.Namespace) -> Optimize
     """``optimizer`` with the E-MSA options of ``args`` (``--optimizer emsa`` only)."""
     if args.optimizer != "emsa":
         return optimizer
-    import dataclasses
-
     return dataclasses.replace(
         optimizer,
         msa_rho=args.rho,
@@ -196,47 +199,35 @@ def _with_emsa(optimizer: OptimizerConfig, args: argparse.Namespace) -> Optimize
 
 
 def config_from_args(args: argparse.Namespace):
-    """The ``TrainConfig`` of parsed ``train`` arguments, with the paper's defaults filled in."""
-    from relaxjax.train import TrainConfig
+    """The ``TrainConfig`` of parsed ``train`` arguments: the preset of the data set and
+    optimizer (``relaxjax.train.presets``) with every option given on the command line."""
+    from relaxjax.train import presets
 
-    cifar = args.dataset != "mnist"
     parle = args.optimizer == "parle"
-    replicas = args.replicas if parle else 1
-    epochs = 5.0 if args.epochs is None else args.epochs
-    milestones = (0.5 * epochs, 0.75 * epochs) if args.lr_milestones is None else args.lr_milestones
-    optimizer = OptimizerConfig(
-        name=args.optimizer,
-        lr=args.lr if args.lr is not None else _DEFAULT_LR.get(args.optimizer, 1.0),
+    given = {
+        "lr": args.lr,
+        "lr_milestones": None if args.lr_milestones is None else tuple(args.lr_milestones),
+        "weight_decay": args.weight_decay,
+        "gamma": args.gamma,
+        "step_size": args.step_size,
+        "noise": None if args.optimizer == "hj" else args.noise,  # HJ is noise-free
+        "elastic_rho": args.elastic_rho if parle else None,
+    }
+    optimizer = {k: v for k, v in given.items() if v is not None}
+    config = presets.preset(
+        args.dataset,
+        args.optimizer,
+        model=args.model,
+        epochs=5.0 if args.epochs is None else args.epochs,
         lr_decay=args.lr_decay,
-        lr_milestones=tuple(milestones),
         momentum=args.momentum,
-        weight_decay=args.weight_decay if args.weight_decay is not None else 1e-3 * cifar,
         num_steps=args.num_steps,
-        gamma=args.gamma
-        if args.gamma is not None
-        else (_PARLE_GAMMA if parle else _DEFAULT_GAMMA.get(args.dataset, _CIFAR_GAMMA)),
         scoping=args.scoping,
-        step_size=args.step_size
-        if args.step_size is not None
-        else _DEFAULT_STEP_SIZE.get(args.optimizer, 0.1),
-        noise=0.0 if args.optimizer == "hj" else _noise(args),
         alpha=args.alpha,
         inner_momentum=args.inner_momentum,
-        replicas=replicas,
-        elastic_rho=(
-            args.elastic_rho if args.elastic_rho is not None else 0.001 * args.num_steps * replicas
-        )
-        if parle
-        else 0.0,
+        replicas=args.replicas,
         elastic_rho_max=args.elastic_rho_max,
         gamma_min=args.gamma_min,
-    )
-    optimizer = _with_emsa(optimizer, args)
-    return TrainConfig(
-        model=args.model,
-        dataset=args.dataset,
-        optimizer=optimizer,
-        epochs=epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         augment=args.augment,
@@ -246,13 +237,9 @@ def config_from_args(args: argparse.Namespace):
         test_limit=args.test_limit,
         devices=args.devices,
         refresh_batches=args.refresh_batches,
+        **optimizer,
     )
-
-
-def _noise(args: argparse.Namespace) -> float:
-    if args.noise is not None:
-        return args.noise
-    return 0.0 if args.optimizer == "parle" else 1e-4
+    return dataclasses.replace(config, optimizer=_with_emsa(config.optimizer, args))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -260,7 +247,9 @@ def _train(args: argparse.Namespace) -> int:
     from relaxjax.train import train
 
     config = config_from_args(args)
-    if config.optimizer.name == "emsa" or config.model in _EMSA_MODELS:
+    from relaxjax.train.emsa import EMSA_MODELS
+
+    if config.optimizer.name == "emsa" or config.model in EMSA_MODELS:
         from relaxjax.train.emsa import run as train  # E-MSA, or a layer-sequence model
     run_dir = args.run_dir or os.path.join(
         "runs", f"{config.dataset}-{config.model}-{config.optimizer.name}-s{config.seed}"
@@ -289,7 +278,8 @@ def _train(args: argparse.Namespace) -> int:
 def _plot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="plot error versus effective epochs for run directories",
+        help="plot a metric against effective epochs for run directories: one panel per "
+        "model, one colour per optimizer, the mean over seeds with its min-max band",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

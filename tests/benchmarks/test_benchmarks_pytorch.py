@@ -24,6 +24,8 @@ import optax  # noqa: E402
 import relaxjax  # noqa: E402
 from relaxjax import models  # noqa: E402
 
+pytestmark = [pytest.mark.slow]
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 

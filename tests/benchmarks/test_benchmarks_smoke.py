@@ -4,9 +4,13 @@ import importlib.util
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -124,7 +128,7 @@ def test_paper_table_runner_smoke(tmp_path):
     # existed) is trained again; a run directory of that configuration is set aside.
     config_path = records / "mnistfc-dr-hj-s1" / "config.json"
     old_config = json.loads(config_path.read_text())
-    del old_config["refresh_batches"]
+    old_config["refresh_batches"] = 0  # how the records of those runs say it
     config_path.write_text(json.dumps(old_config))
     shutil.copytree(records / "mnistfc-dr-hj-s1", tmp_path / "runs" / "mnistfc-dr-hj-s1")
     assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
@@ -148,7 +152,8 @@ def test_paper_table_allcnn_cells(tmp_path):
     assert abs(config.optimizer.gamma - 1 / 0.03) < 1e-9
     assert table.cell_config("mnistfc-dr", "sgd", 0, 1.0, []).dataset == "mnist"
     assert [table.budget("allcnn", o) for o in ("sgd", "entropy-sgd", "hj")] == [195, 200, 145]
-    # A record (as a device session would bring back) makes a row beside the paper's cells.
+    # A record (as `gpu_benchmarks.py --cifar-seconds` leaves) makes a row beside the
+    # paper's cells.
     record = tmp_path / "paper_runs" / "allcnn-sgd-s0"
     record.mkdir(parents=True)
     sgd = table.cell_config("allcnn", "sgd", 0, 195.0, [])
@@ -159,6 +164,15 @@ def test_paper_table_allcnn_cells(tmp_path):
     ]
     (record / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     argv = ["--report-only", "--models", "allcnn", "--optimizers", "sgd", "--seeds", "0"]
+    # The table reads one record format: without its environment.json the record is refused.
+    with pytest.raises(ValueError, match="no environment.json"):
+        table.main(argv + ["--out-dir", str(tmp_path)])
+    environment = {"machine": "a GPU", "versions": "jax", "recorded": "2026-12-01T00:00:00+00:00"}
+    (record / "environment.json").write_text(json.dumps(environment))
+    with pytest.raises(ValueError, match="dropout_masks"):
+        table.main(argv + ["--out-dir", str(tmp_path)])
+    environment["dropout_masks"] = table.DROPOUT_MASKS
+    (record / "environment.json").write_text(json.dumps(environment))
     assert table.main(argv + ["--out-dir", str(tmp_path)]) == 0
     text = (tmp_path / "paper_table.md").read_text()
     assert "| allcnn | sgd | refreshed (50 batches) | 1 | 195 / 195 | 7.99 |" in text
@@ -225,64 +239,183 @@ def test_xla_cpu_flags_in_process_smoke(tmp_path):
     )
 
 
-def test_notebook_client_stall_script_smoke(tmp_path, capsys):
-    import nbformat
-
-    notebook = tmp_path / "tiny.ipynb"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
-    nbformat.write(nb, notebook)
-    script = _load("notebook_client_stall")
-    for mode in ("stock", "sliced"):
-        assert script.main([mode, "1", "--notebook", str(notebook), "--timeout", "120"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["stock run 0", "sliced run 0"]
-    assert all(float(line.split(":")[1].removesuffix(" s")) > 0 for line in lines)
-
-
-def test_device_session_round_trip(tmp_path, monkeypatch):
-    """The prepared device calls: a run's last checkpoint travels in parts under the 16 MiB
-    a returned file may have and is rebuilt for the next call; what comes back is placed
-    where the repository keeps it; the timing phase runs each benchmark into $OUT."""
-    session = _load("device_session")
-    run = tmp_path / "runs" / "allcnn-sgd-s0"
-    for step in (10, 20):
-        (run / "checkpoints" / str(step)).mkdir(parents=True)
-    payload = np.random.default_rng(0).bytes(20 * 2**20)  # incompressible: two parts
-    (run / "checkpoints" / "20" / "state").write_bytes(payload)
-    (run / "checkpoints" / "10" / "state").write_bytes(b"older")
-    (run / "config.json").write_text("{}")
-    (run / "metrics.jsonl").write_text('{"effective_epochs": 1.0}\n')
-    out = tmp_path / "out"
-    parts = session.archive_run(run, out / "run")
-    assert [p.name for p in parts] == [f"allcnn-sgd-s0.tar.gz.part0{i}" for i in (0, 1)]
-    assert all(p.stat().st_size <= 15 * 2**20 for p in parts)
-    (out / "paper_runs" / "allcnn-sgd-s0").mkdir(parents=True)
-    (out / "paper_runs" / "allcnn-sgd-s0" / "metrics.jsonl").write_text("{}\n")
-    (out / "results").mkdir()
-    (out / "results" / "inner_loop_gpu.md").write_text("# gpu\n")
-    home = tmp_path / "home"
-    placed = session.unpack(out, results=home / "results", device_dir=home / ".device")
-    assert {p.relative_to(home).as_posix() for p in placed} == {
-        "results/inner_loop_gpu.md",
-        "results/paper_runs/allcnn-sgd-s0/metrics.jsonl",
-        ".device/run/allcnn-sgd-s0.tar.gz.part00",
-        ".device/run/allcnn-sgd-s0.tar.gz.part01",
+def _flat_keys(config: dict) -> set[str]:
+    return {
+        f"{key}.{inner}" if isinstance(value, dict) else key
+        for key, value in config.items()
+        for inner in (value if isinstance(value, dict) else [None])
     }
-    rebuilt = tmp_path / "rebuilt"
-    assert session.restore_run(home / ".device" / "run", "allcnn-sgd-s0", rebuilt)
-    assert (rebuilt / "allcnn-sgd-s0" / "checkpoints" / "20" / "state").read_bytes() == payload
-    assert not (rebuilt / "allcnn-sgd-s0" / "checkpoints" / "10").exists()  # the last only
-    assert not session.restore_run(home / ".device" / "run", "allcnn-hj-s0", rebuilt)
+
+
+def _no_nan(constant):
+    raise AssertionError(f"{constant} in a JSON record")
+
+
+def test_paper_table_records_share_one_format():
+    """Every committed record of the paper table has the same files and keys, in strict
+    JSON (the format of benchmarks/results/paper_runs/README.md)."""
+    table = _load("paper_table")
+    folder = BENCHMARKS / "results" / "paper_runs"
+    assert (folder / "README.md").is_file()
+    records = sorted(p for p in folder.iterdir() if p.is_dir())
+    assert len(records) > 30
+    config_keys = _flat_keys(table.cell_config("mnistfc-dr", "sgd", 0, 1.0, []).to_json())
+    metric_keys = None
+    for record in records:
+        assert sorted(p.name for p in record.iterdir()) == sorted(table.RECORD_FILES), record
+        environment = table.recorded_environment(record)  # its keys, or ValueError
+        assert environment["dropout_masks"] in (table.DROPOUT_MASKS, table.FLAX_DROPOUT_MASKS)
+        config = json.loads((record / "config.json").read_text(), parse_constant=_no_nan)
+        assert _flat_keys(config) == config_keys, record
+        lines = (record / "metrics.jsonl").read_text().splitlines()
+        for values in (json.loads(line, parse_constant=_no_nan) for line in lines):
+            metric_keys = metric_keys or set(values)
+            assert set(values) == metric_keys, record
+        # The table's reading of a record: the protocol and dropout masks as recorded.
+        assert table.saved_config(record).refresh_batches == config["refresh_batches"]
+
+
+def test_benchmark_json_has_null_not_nan(tmp_path):
+    """The benchmarks write JSON through one helper: null for a missing value, and a NaN
+    fails loudly instead of writing JSON that strict readers refuse."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from _env import write_json
+
+    write_json(tmp_path / "a.json", {"seconds": None, "ratio": 0.5})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"seconds": None, "ratio": 0.5}
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_json(tmp_path / "a.json", {"seconds": float("nan")})
+    assert json.loads((tmp_path / "a.json").read_text())["ratio"] == 0.5  # left as it was
+    # A record's metrics keep relaxjax train's lines, with null where it wrote NaN.
+    line = _load("paper_table")._metrics_line('{"step": 1, "gamma": NaN, "test_error": 0.5}')
+    assert line == '{"step": 1, "gamma": null, "test_error": 0.5}'
+    with pytest.raises(ValueError, match="Infinity"):
+        _load("paper_table")._metrics_line('{"train_loss": Infinity}')
+    # No script writes a JSON file another way.
+    for script in BENCHMARKS.glob("*.py"):
+        text = script.read_text()
+        assert "json.dump(" not in text and "write_text(json.dumps" not in text, script.name
+
+
+def test_gpu_benchmarks_smoke(tmp_path):
+    """`--smoke` runs every GPU benchmark with tiny settings on whatever backend JAX has
+    (here the CPU), into the results folder given, and the summary names the device (or
+    says there is no GPU); the PyTorch comparison is skipped, with why, without PyTorch."""
+    import importlib.util
+
+    import jax
+
+    gpu = _load("gpu_benchmarks")
+    assert gpu.main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "gpu_benchmarks.json").read_text())
+    backend = jax.default_backend()
+    assert (summary["backend"], summary["device_kind"]) == (backend, jax.devices()[0].device_kind)
+    assert summary["smoke"] and summary["gpu"] == (backend == "gpu")
+    markdown = (tmp_path / "gpu_benchmarks.md").read_text()
+    if backend != "gpu":
+        assert summary["note"] == (
+            f"no GPU: JAX's default backend here is {backend!r} "
+            f"({jax.device_count()} × {jax.devices()[0].device_kind})"
+        )
+        assert f"- GPU: {summary['note']}" in markdown
+    rows = {row["benchmark"]: row for row in summary["benchmarks"]}
+    assert list(rows) == [job.stem for job in gpu.JOBS]
+    for stem in ("inner_loop_gpu", "inner_loop_allcnn_gpu", "inner_loop_scaling_gpu"):
+        assert (rows[stem]["status"], rows[stem]["exit_status"]) == ("ran", 0)
+        assert rows[stem]["files"] == [f"{stem}.md", f"{stem}.json"]
+        results = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert f"JAX backend {backend} ({summary['device_kind']})" in results["machine"]
+        assert f"| {stem} | {rows[stem]['title']} | ran |" in markdown
+    assert not json.loads((tmp_path / "inner_loop_scaling_gpu.json").read_text())["timing"]
+    allcnn = json.loads((tmp_path / "inner_loop_allcnn_gpu.json").read_text())["timing"]
+    assert "no noise (Hopf-Lax cost)" in {row["candidate"] for row in allcnn}
+    assert rows["inner_loop_gpu"]["command"] == (
+        f"python benchmarks/inner_loop.py --smoke --no-scaling --stem inner_loop_gpu "
+        f"--out-dir {tmp_path}"
+    )
+    torch_row = rows["pytorch_comparison_gpu"]
+    if importlib.util.find_spec("torch") is None:
+        assert torch_row["status"] == "skipped"
+        assert torch_row["reason"].startswith("PyTorch is not importable")
+        assert not (tmp_path / "pytorch_comparison_gpu.json").exists()
+    else:
+        assert torch_row["status"] == "ran"
+        assert (tmp_path / "pytorch_comparison_gpu.json").is_file()
+
+
+def test_gpu_benchmarks_without_gpu_says_so(tmp_path, capsys):
+    import jax
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU")
+    assert _load("gpu_benchmarks").main(["--out-dir", str(tmp_path)]) == 2
+    assert "no GPU: JAX's default backend here is" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+def test_gpu_benchmarks_time_box_interrupts_like_ctrl_c(tmp_path):
+    """At the deadline the child gets SIGINT (a training run saves its checkpoint)."""
+    gpu = _load("gpu_benchmarks")
+    saved = tmp_path / "checkpoint"
+    code = (
+        "import pathlib, time\ntry:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n"
+        f"    pathlib.Path({str(saved)!r}).write_text('saved')\n"
+    )
+    start = time.monotonic()
+    status, interrupted = gpu.run([sys.executable, "-c", code], start + 3, log=lambda *_: None)
+    assert (status, interrupted) == (0, True) and saved.read_text() == "saved"
+    assert time.monotonic() - start < 60
+    assert gpu.run([sys.executable, "-c", "pass"], log=lambda *_: None) == (0, False)
+
+
+def test_gpu_benchmarks_on_a_gpu_and_cifar_cells(tmp_path, monkeypatch):
+    """What the script runs on a GPU (the benchmarks' processes faked): each timing
+    benchmark at full settings into the results folder; then the All-CNN cells of the
+    paper table, seed by seed, until the time box, whose record says how far it got; the
+    summary keeps the earlier rows."""
+    gpu = _load("gpu_benchmarks")
+    environment = {"machine": "m", "versions": "v", "date": "2026-12-01T00:00:00+00:00"}
+    device = {"backend": "gpu", "device_kind": "NVIDIA H200", "device_count": 1}
+    monkeypatch.setattr(gpu, "probe_jax", lambda: environment | device)
+    monkeypatch.setattr(gpu, "torch_skip_reason", lambda smoke: None)
     commands = []
-    monkeypatch.setattr(session, "_run", lambda command, deadline, log: commands.append(command))
-    session.timings(tmp_path / "gpu", seconds=60, smoke=False, log=lambda *_: None)
-    assert [Path(c[1]).name for c in commands] == [
-        "inner_loop.py",
-        "inner_loop.py",
-        "compare_pytorch.py",
-    ]
-    assert all(str(tmp_path / "gpu" / "results") in c for c in commands)
-    stems = [c[c.index("--stem") + 1] for c in commands]
-    assert len(set(stems)) == 3 and all(s.endswith("_gpu") for s in stems)
-    assert "cuda" in commands[2]
-    assert (tmp_path / "gpu" / "results" / "environment_gpu.txt").read_text().strip()
+
+    def fake_run(command, deadline=None, log=print):
+        commands.append(command)
+        value = lambda flag: command[command.index(flag) + 1]  # noqa: E731
+        if Path(command[1]).name != "paper_table.py":
+            Path(value("--out-dir"), value("--stem") + ".md").write_text("# measured\n")
+            return 0, False
+        # The cell trains until the time box, recording how far it got.
+        record = Path(value("--records-dir"), f"allcnn-{value('--optimizers')}-s0")
+        record.mkdir(parents=True)
+        (record / "config.json").write_text(json.dumps({"epochs": 195.0}))
+        (record / "metrics.jsonl").write_text(json.dumps({"effective_epochs": 12.5}) + "\n")
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.05)
+        return 0, True
+
+    monkeypatch.setattr(gpu, "run", fake_run)
+    runs = tmp_path / "runs"
+    assert gpu.main(["--out-dir", str(tmp_path), "--runs-dir", str(runs)]) == 0
+    assert [Path(c[1]).name for c in commands] == ["inner_loop.py"] * 3 + ["compare_pytorch.py"]
+    assert all("--smoke" not in c and c[-2:] == ["--out-dir", str(tmp_path)] for c in commands)
+    assert commands[-1][2:4] == ["--devices", "cuda"]
+    markdown = (tmp_path / "gpu_benchmarks.md").read_text()
+    assert "- GPU: NVIDIA H200 (1 device, JAX backend gpu)" in markdown
+    commands.clear()
+    argv = ["--no-timings", "--cifar-seconds", "0.5", "--cifar-optimizers", "sgd", "hj"]
+    argv += ["--cifar-seeds", "0", "--out-dir", str(tmp_path), "--runs-dir", str(runs)]
+    assert gpu.main(argv + ["--data-dir", str(tmp_path / "data")]) == 0
+    (command,) = commands  # the time box was spent in the first cell
+    assert command[2:8] == ["--models", "allcnn", "--optimizers", "sgd", "--seeds", "0"]
+    assert command[command.index("--records-dir") + 1] == str(tmp_path / "paper_runs")
+    assert command[command.index("--runs-dir") + 1] == str(runs)
+    assert command[command.index("--out-dir") + 1] == str(runs / "table")
+    summary = json.loads((tmp_path / "gpu_benchmarks.json").read_text())
+    rows = {row["benchmark"]: row for row in summary["benchmarks"]}
+    assert list(rows) == [job.stem for job in gpu.JOBS] + ["allcnn-sgd-s0", "allcnn-hj-s0"]
+    assert rows["allcnn-sgd-s0"]["status"].startswith("stopped at the time box")
+    assert rows["allcnn-sgd-s0"]["reason"] == "12.5 / 195 effective epochs"
+    assert rows["allcnn-sgd-s0"]["files"] == ["paper_runs/allcnn-sgd-s0"]
+    assert rows["allcnn-hj-s0"]["status"] == "not started: the time box is spent"
+    assert summary["gpu"] and summary["note"] is None

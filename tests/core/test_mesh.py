@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 _SCRIPT = textwrap.dedent(
     """
     import os
@@ -104,6 +106,8 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_transforms_and_training_with_sharded_batches_match_single_device(
     tmp_path, cpu_subprocess_env
 ):

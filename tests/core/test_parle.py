@@ -196,6 +196,8 @@ _SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sharded_parle_matches_vmapped_and_single_device(tmp_path, cpu_subprocess_env):
     result = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT, __file__, str(tmp_path)],
@@ -220,6 +222,7 @@ def _without_timing(metrics):
     ]
 
 
+@pytest.mark.slow
 def test_cli_parle_run_and_resume(tmp_path, capsys):
     argv = ["train", "--optimizer", "parle", "--replicas", "2", "-L", "2", "--epochs", "2"]
     argv += ["--train-limit", "512", "--test-limit", "100", "--batch-size", "64"]
@@ -241,6 +244,8 @@ def test_cli_parle_run_and_resume(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_parle_benchmark_smoke(tmp_path, cpu_subprocess_env):
     command = [sys.executable, str(ROOT / "benchmarks" / "parle_benchmark.py"), "--smoke"]
     command += ["--out-dir", str(tmp_path), *DATA_ARGS]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import relaxjax
 
@@ -82,6 +83,7 @@ def _init():
     return variables["params"], variables["batch_stats"]
 
 
+@pytest.mark.slow
 def test_running_statistics_come_from_the_outer_evaluation_only():
     params, stats = _init()
     tx = relaxjax.entropy_sgd(0.05, gamma=0.1, num_steps=NUM_STEPS, step_size=0.05)
@@ -180,6 +182,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 def test_sharded_batches_match_single_device(cpu_subprocess_env):
     result = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT],

@@ -1,6 +1,10 @@
 """relaxjax.cpu.xla_flags: the XLA:CPU flags the command and benchmarks set."""
 
 import os
+import subprocess
+import sys
+
+import pytest
 
 from relaxjax.cpu import xla_flags
 from relaxjax.train import cli
@@ -89,6 +93,8 @@ np.savez(sys.argv[1], **out)
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_tests_optimization_level_computes_what_the_default_level_does(
     tmp_path, cpu_subprocess_env
 ):
@@ -123,3 +129,40 @@ def test_the_tests_optimization_level_computes_what_the_default_level_does(
         elif not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
             mismatched[name] = float(np.max(np.abs(got - expected)))
     assert not mismatched, f"{suite_level} against level 2: {mismatched}"
+
+
+_LATE = """
+import warnings
+import jax
+from relaxjax.cpu import xla_flags
+
+early = xla_flags.backend_started()
+with warnings.catch_warnings(record=True) as before:
+    warnings.simplefilter("always")
+    xla_flags.apply_cpu_settings()
+jax.numpy.zeros(1).block_until_ready()  # starts the backend
+import os
+import subprocess
+import sys
+
+import pytest
+os.environ.pop("XLA_FLAGS")
+with warnings.catch_warnings(record=True) as after:
+    warnings.simplefilter("always")
+    added = xla_flags.apply_cpu_settings()
+print(early, len(before), xla_flags.backend_started(), len(added), [str(w.message) for w in after])
+"""
+
+
+@pytest.mark.subprocess
+def test_settings_applied_after_the_backend_started_warn(cpu_subprocess_env):
+    """Before the backend starts: no warning; after: a RuntimeWarning naming the flags."""
+    env = {k: v for k, v in cpu_subprocess_env.items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+        [sys.executable, "-c", _LATE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    early, before, started, added, messages = result.stdout.strip().split(" ", 4)
+    assert (early, before, started) == ("False", "0", "True")
+    assert int(added) >= 1 and "take no effect in this process" in messages
+    assert xla_flags.SCHEDULER_FLAG in messages

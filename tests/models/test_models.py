@@ -287,6 +287,7 @@ def test_max_pool_tiles_matches_flax_max_pool_and_its_gradient(size, shape):
     np.testing.assert_array_equal(jax.grad(pooled(tiles_pool))(x), jax.grad(pooled(flax_pool))(x))
 
 
+@pytest.mark.slow
 def test_lenet_convolution_implementations_agree():
     """LeNet's patch (im2col) convolutions equal XLA's, values and gradients."""
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))

@@ -272,6 +272,7 @@ def test_batched_layers_match_layer_loop():
     np.testing.assert_allclose(m0.layer_gains, m1.layer_gains, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_paper_mnist_net_structure_and_step():
     # shapes only (no compilation): the full-size 10-layer net
     layers = jax.eval_shape(msa.paper_mnist_net, jax.random.key(0))

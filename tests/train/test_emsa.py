@@ -50,6 +50,7 @@ def _final_params(run_dir):
         return manager.restore(manager.latest_step())["params"]
 
 
+@pytest.mark.slow
 def test_cli_trains_emsa_and_plots(tmp_path, capsys):
     run = tmp_path / "emsa"
     assert cli.main([*TINY, "--epochs", "2", "--rho", "0.05", "--run-dir", str(run)]) == 0
@@ -69,6 +70,7 @@ def test_cli_trains_emsa_and_plots(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_resumed_emsa_run_equals_uninterrupted_run(tmp_path):
     # A fixed-iteration inner solver (unrolled on CPU; cheap to compile) and init noise,
     # whose key is part of the checkpoint.
@@ -128,6 +130,7 @@ def test_msa_models_train_with_gradient_methods_from_the_same_start(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params, emsa_start.params)
 
 
+@pytest.mark.slow
 def test_canonical_line_search_matches_the_plain_one():
     """The conv-layout rewrite of L-BFGS's line search changes only rounding."""
     layers = msa.paper_mnist_net(

@@ -69,6 +69,7 @@ def test_feed_equals_train_mode_of_the_same_network_without_dropout(name):
     ],
     ids=["linen", "nnx"],
 )
+@pytest.mark.slow
 def test_refresh_recovers_the_variance_dropout_inflates(make):
     """Inverted dropout at rate p multiplies E[x²] by 1/(1-p): σ² = 4 is seen as 8 in training;
     re-estimated without dropout the running variance is σ² again (closed form)."""
@@ -130,6 +131,7 @@ def test_refresh_leaves_the_state_alone_when_it_cannot_or_should_not_run():
     )
 
 
+@pytest.mark.slow
 def test_training_stores_and_evaluates_with_the_refreshed_statistics(tmp_path):
     """With the refresh, the checkpointed BatchNorm statistics are those the test error used;
     the weights' trajectory is the same with or without it."""

@@ -27,6 +27,7 @@ def _without_timing(metrics):
     return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in metrics]
 
 
+@pytest.mark.slow
 def test_cli_trains_entropy_sgd_on_mnist_and_plots(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--model", "mnistfc", "--optimizer", "entropy-sgd", "-L", "2"]
@@ -56,6 +57,7 @@ def test_cli_trains_entropy_sgd_on_mnist_and_plots(tmp_path, capsys):
     assert png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inner", [[], ["--inner-momentum", "0.9"]], ids=["sgd", "momentum"])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, inner):
     # With inner momentum the relaxation's state holds the momentum buffer, which the

@@ -2,17 +2,14 @@
 
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from scipy import stats
 
 import relaxjax
 from relaxjax.core import noise
-from relaxjax.cpu.conv_layout import with_canonical_convolutions
 
 
 @pytest.mark.parametrize("generator", noise.NOISE_GENERATORS)
@@ -174,84 +171,3 @@ def test_both_generators_give_the_same_langevin_statistics():
     k = a + 1 / gamma
     expected = 2 * eta * eps**2 / (1 - (1 - eta * k) ** 2)
     np.testing.assert_allclose(variances, expected, rtol=0.05)
-
-
-class _ConvNet(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(6, (5, 5), padding="VALID")(x))
-        x = nn.relu(nn.Conv(8, (3, 3), strides=(2, 2), padding="SAME")(x))
-        x = nn.relu(nn.Conv(8, (3, 3), kernel_dilation=(2, 2))(x))
-        x = nn.relu(nn.Conv(8, (3, 3), feature_group_count=2)(x))
-        return nn.Dense(3)(x.reshape(x.shape[0], -1))
-
-
-def _conv_problem():
-    model = _ConvNet()
-    images = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 10, 10, 3))
-    labels = jax.random.randint(jax.random.PRNGKey(1), (4, 4), 0, 3)
-    params = model.init(jax.random.PRNGKey(2), images[0])["params"]
-
-    def loss(p, i):
-        logits = model.apply({"params": p}, images[i])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[i]).mean()
-
-    return params, jax.grad(loss)
-
-
-def test_canonical_convolutions_give_the_same_gradients_inside_scan():
-    params, grad_fn = _conv_problem()
-    fast = with_canonical_convolutions(grad_fn)
-
-    def run(g):
-        @jax.jit
-        def loop(p):
-            def body(p, i):
-                return jax.tree.map(lambda a, b: a - 0.1 * b, p, g(p, i)), None
-
-            return jax.lax.scan(body, p, jnp.arange(4))[0]
-
-        return loop(params)
-
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), run(fast), run(grad_fn)
-    )
-
-
-def test_rewritten_convolutions_are_in_canonical_layout():
-    params, grad_fn = _conv_problem()
-    rewritten = jax.make_jaxpr(with_canonical_convolutions(grad_fn))(params, 0)
-    original = jax.make_jaxpr(grad_fn)(params, 0)
-
-    def conv_specs(closed):
-        found = []
-
-        def visit(jaxpr):
-            for eqn in jaxpr.eqns:
-                if eqn.primitive.name == "conv_general_dilated":
-                    numbers = eqn.params["dimension_numbers"]
-                    groups = eqn.params["feature_group_count"] * eqn.params["batch_group_count"]
-                    found.append((numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec, groups))
-                for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                    visit(sub)
-
-        visit(closed.jaxpr)
-        return found
-
-    canonical = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-    before, after = conv_specs(original), conv_specs(rewritten)
-    assert len(before) == len(after) >= 8  # forward and backward convolutions
-    assert any(spec[:3] != canonical for spec in before)  # JAX emits non-canonical ones
-    assert all(spec[:3] == canonical for spec in after if spec[3] == 1)
-
-
-def test_relaxation_with_and_without_the_rewrite_agree():
-    params, grad_fn = _conv_problem()
-    out = []
-    for canonical in (False, True):
-        tx = relaxjax.hopf_lax(
-            gamma=1.0, num_steps=4, step_size=0.1, canonical_convolutions=canonical
-        )
-        update = jax.jit(lambda p, s, tx=tx: tx.update(grad_fn(p, 0), s, p, grad_fn=grad_fn)[0])
-        out.append(update(params, tx.init(params)))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), *out)
