@@ -36,6 +36,14 @@ napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+# Signatures show these aliases by name instead of their expansion (this works in modules
+# with postponed annotations, ``from __future__ import annotations``, as relaxjax's are).
+autodoc_type_aliases = {
+    "ScalarOrSchedule": "relaxjax.core.hyperparams.ScalarOrSchedule",
+    "Seed": "relaxjax.core.keys.Seed",
+    "Loss": "relaxjax.pde.Loss",
+    "ArrayLike": "jax.typing.ArrayLike",
+}
 
 # Cross-references to other projects (jax, optax, flax) are not resolved.
 nitpicky = False

@@ -161,7 +161,7 @@ def coupling_schedule(
 
 
 def elastic_coupling(rho: hyperparams.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    """Adds ρ (x − x̄), the gradient of the elastic term ρ/2 |x − x̄|² of a Parle replica.
+    """Adds ρ (x − x̄), the gradient of the elastic term ρ/2 ‖x − x̄‖² of a Parle replica.
 
     ``update(updates, state, params, reference=x̄)``. A static ρ = 0 adds
     nothing at all, so Parle with ρ = 0 performs exactly Entropy-SGD's steps.
@@ -317,7 +317,7 @@ def parle(
     """Parle (Chaudhari et al. 2017): n Entropy-SGD replicas coupled elastically to x̄.
 
     Replica a takes the Entropy-SGD step of ``relaxjax.entropy_sgd`` on
-    f_γ(xᵃ) + ρ/2 |xᵃ − x̄|² (its own mini-batches and Langevin key), then x̄
+    f_γ(xᵃ) + ρ/2 ‖xᵃ − x̄‖² (its own mini-batches and Langevin key), then x̄
     moves a fraction β = ``reference_rate`` of the way to the replicas'
     average. With one replica and ρ = 0 the replica follows
     ``relaxjax.entropy_sgd`` with the same arguments step for step.

@@ -144,6 +144,7 @@ def _is_static_zero(hyperparameter: ScalarOrSchedule) -> bool:
 
 
 def _relaxation(
+    *,
     gamma: ScalarOrSchedule,
     num_steps: int,
     step_size: ScalarOrSchedule,
@@ -153,10 +154,10 @@ def _relaxation(
     inner_optimizer: optax.GradientTransformation | None,
     seed: Seed,
     unroll: int | bool | None,
-    canonical_convolutions: bool | None = None,
-    noise_generator: str = "hash",
-    reuse_gradient: bool = True,
-    keep_inner_state: bool = False,
+    canonical_convolutions: bool | None,
+    noise_generator: str,
+    reuse_gradient: bool,
+    keep_inner_state: bool,
 ) -> optax.GradientTransformationExtraArgs:
     """The inner loop shared by ``local_entropy`` (ε ≥ 0) and ``hopf_lax`` (ε = 0)."""
     num_steps = hyperparams.check_num_steps("num_steps", num_steps)
@@ -304,7 +305,7 @@ def local_entropy(
     relaxation f_γ = −β⁻¹ log(G_γ ∗ e^{−βf}) of *Deep Relaxation* (Chaudhari et
     al. 2018, eq. for local entropy; Entropy-SGD, ICLR 2017, Alg. 1), where ⟨y⟩
     is estimated by L steps of stochastic gradient Langevin dynamics on
-    f(y) + |y − x|²/(2γ) with an exponential running average of the iterates::
+    f(y) + ‖y − x‖²/(2γ) with an exponential running average of the iterates::
 
         y ← y − η′ (∇f_ℓ(y) + (y − x)/γ + λ y) + ε √(2η′) ξ,   ξ ~ N(0, I)
         μ ← α μ + (1 − α) y                                      (μ₀ = y₀ = x)
@@ -322,7 +323,7 @@ def local_entropy(
 
     Args:
       gamma: scope γ > 0, the PDE time of *Deep Relaxation*; the coupling of the
-        inner loss is |y − x|²/(2γ), i.e. the coupling ρ = 1/γ of the Entropy-SGD
+        inner loss is ‖y − x‖²/(2γ), i.e. the coupling ρ = 1/γ of the Entropy-SGD
         paper and its code (``--gamma`` there is ρ). A float or an Optax schedule
         of the outer step (see ``relaxjax.scoping``).
       num_steps: L ≥ 1, inner steps (= gradient evaluations) per outer step.
@@ -332,8 +333,8 @@ def local_entropy(
         original code's default is 1e-4.
       alpha: α ∈ [0, 1), weight of the old running average. α = 0 returns the
         last inner iterate.
-      weight_decay: λ ≥ 0, L2 penalty (λ/2)|y|² added to f inside the inner loop,
-        so the output is the relaxed gradient of f + (λ/2)|·|².
+      weight_decay: λ ≥ 0, L2 penalty (λ/2)‖y‖² added to f inside the inner loop,
+        so the output is the relaxed gradient of f + (λ/2)‖·‖².
       inner_optimizer: an Optax transform replacing the inner SGD step (e.g.
         ``optax.adam(1e-3)`` gives Entropy-Adam); Langevin noise is still added
         after its step. Its state is re-initialised at every outer step unless
@@ -402,19 +403,19 @@ def local_entropy(
       (True, 1)
     """
     return _relaxation(
-        gamma,
-        num_steps,
-        step_size,
-        noise,
-        alpha,
-        weight_decay,
-        inner_optimizer,
-        seed,
-        unroll,
-        canonical_convolutions,
-        noise_generator,
-        reuse_gradient,
-        keep_inner_state,
+        gamma=gamma,
+        num_steps=num_steps,
+        step_size=step_size,
+        noise=noise,
+        alpha=alpha,
+        weight_decay=weight_decay,
+        inner_optimizer=inner_optimizer,
+        seed=seed,
+        unroll=unroll,
+        canonical_convolutions=canonical_convolutions,
+        noise_generator=noise_generator,
+        reuse_gradient=reuse_gradient,
+        keep_inner_state=keep_inner_state,
     )
 
 
@@ -434,7 +435,7 @@ def hopf_lax(
     """Replaces the gradient by the gradient of the Hopf-Lax (Moreau) envelope.
 
     The non-viscous Hamilton-Jacobi relaxation of *Deep Relaxation* (Chaudhari
-    et al. 2018): u(x, γ) = min_y f(y) + |x − y|²/(2γ), whose gradient is
+    et al. 2018): u(x, γ) = min_y f(y) + ‖x − y‖²/(2γ), whose gradient is
     (x − y*)/γ with y* = prox_{γf}(x). y* is estimated by L noise-free inner
     steps with a running average::
 
@@ -494,16 +495,17 @@ def hopf_lax(
       [ 0.5 -1. ]
     """
     return _relaxation(
-        gamma,
-        num_steps,
-        step_size,
-        0.0,
-        alpha,
-        weight_decay,
-        inner_optimizer,
-        0,
-        unroll,
-        canonical_convolutions,
+        gamma=gamma,
+        num_steps=num_steps,
+        step_size=step_size,
+        noise=0.0,
+        alpha=alpha,
+        weight_decay=weight_decay,
+        inner_optimizer=inner_optimizer,
+        seed=0,
+        unroll=unroll,
+        canonical_convolutions=canonical_convolutions,
+        noise_generator="hash",
         reuse_gradient=reuse_gradient,
         keep_inner_state=keep_inner_state,
     )

@@ -21,12 +21,24 @@ def max_pool_tiles(x: jax.Array, size: int) -> jax.Array:
     The same values as ``nn.max_pool(x, (size, size), strides=(size, size))``,
     computed as a reshape and a ``max`` over the two window axes. Its gradient
     is then an elementwise mask instead of XLA's ``select-and-scatter``, which
-    XLA:CPU runs slowly (about 2.7x slower for the whole LeNet gradient, batch
-    128, 2 cores; table "LeNet's layers on CPU" of
-    ``benchmarks/results/inner_loop.md``). Gradients agree except at ties
-    inside a window, which ``max`` shares equally and ``select-and-scatter``
-    gives to the first element; after a ReLU, tied zeros have zero gradient
-    either way.
+    XLA:CPU runs slowly (measured in ``benchmarks/RESULTS.md``, "LeNet's layers on
+    CPU"). Gradients agree except at ties inside a window, which ``max`` shares
+    equally and ``select-and-scatter`` gives to the first element; after a ReLU,
+    tied zeros have zero gradient either way.
+
+    Args:
+      x: an NHWC array.
+      size: the window's height and width, and the stride.
+
+    Returns:
+      The pooled array, shape ``(N, H // size, W // size, C)``.
+
+    Example:
+      >>> import flax.linen as nn, jax.numpy as jnp
+      >>> from relaxjax.cpu.layers import max_pool_tiles
+      >>> x = jnp.arange(2 * 7 * 7 * 3, dtype=jnp.float32).reshape(2, 7, 7, 3)
+      >>> bool(jnp.all(max_pool_tiles(x, 3) == nn.max_pool(x, (3, 3), strides=(3, 3))))
+      True
     """
     n, h, w, c = x.shape
     h, w = h // size * size, w // size * size
@@ -40,10 +52,26 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     The kh·kw shifted views of ``x`` are stacked into patches (im2col) and
     multiplied by the kernel reshaped to (kh·kw·C_in, C_out). Autodiff then
     gives two matrix products and pads/adds for the backward pass instead of
-    XLA's transposed convolutions, which XLA:CPU runs slowly for LeNet's
-    shapes (the gradient of its 8x8x20 → 4x4x50 convolution, batch 128, took
-    about 3.5x longer as a convolution on 2 cores; table "LeNet's layers on
-    CPU" of ``benchmarks/results/inner_loop.md`` for the whole network).
+    XLA's transposed convolutions, which XLA:CPU runs slowly for LeNet's small
+    shapes (``benchmarks/RESULTS.md``, "LeNet's layers on CPU").
+
+    Args:
+      x: an NHWC array.
+      kernel: an HWIO kernel.
+
+    Returns:
+      ``lax.conv_general_dilated(x, kernel, (1, 1), "VALID")`` in NHWC, up to
+      floating-point summation order.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.cpu.layers import conv_as_matmul
+      >>> x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+      >>> k = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 3, 4))
+      >>> ref = jax.lax.conv_general_dilated(
+      ...     x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      >>> bool(jnp.allclose(conv_as_matmul(x, k), ref, atol=1e-4))
+      True
     """
     kh, kw, c_in, c_out = kernel.shape
     n, h, w, _ = x.shape
@@ -61,6 +89,19 @@ class PatchConv(nn.Module):
     where they are faster for small convolutions, XLA's convolution elsewhere
     (cuDNN on GPU). Both give the same values and gradients up to float
     rounding (tested).
+
+    Attributes:
+      features: output channels.
+      kernel_size: (height, width) of the kernel.
+      implementation: ``"auto"``, ``"patches"`` or ``"xla"``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.cpu.layers import PatchConv
+      >>> layer = PatchConv(4, (3, 3), implementation="patches")
+      >>> variables = layer.init(jax.random.PRNGKey(0), jnp.ones((1, 6, 6, 2)))
+      >>> layer.apply(variables, jnp.ones((1, 6, 6, 2))).shape
+      (1, 4, 4, 4)
     """
 
     features: int

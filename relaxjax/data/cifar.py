@@ -246,6 +246,34 @@ def load_cifar10(
 
     Returns:
       ``(images, labels)``: uint8 ``(N, 32, 32, 3)`` and int32 ``(N,)``.
+
+    Raises:
+      ValueError: for an unknown split.
+      DataNotFoundError: not on disk and not downloadable.
+      DataError: a corrupt archive or batch, or a failed checksum.
+
+    References:
+      Krizhevsky, *Learning multiple layers of features from tiny images* (2009);
+      ``docs/deep-relaxation.md`` §3.2.
+
+    Example:
+      An extracted ``cifar-10-batches-py/`` folder of one image per batch, made here
+      (so ``verify=False``):
+
+      >>> import pickle, tempfile
+      >>> from pathlib import Path
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> folder = Path(tempfile.mkdtemp()) / "cifar-10-batches-py"
+      >>> folder.mkdir()
+      >>> for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+      ...     batch = {"data": np.zeros((1, 3072), np.uint8), "labels": [3]}
+      ...     _ = (folder / name).write_bytes(pickle.dumps(batch))
+      >>> images, labels = data.load_cifar10(
+      ...     "train", data_dir=folder.parent, download=False, verify=False
+      ... )
+      >>> images.shape, labels.tolist()
+      ((5, 32, 32, 3), [3, 3, 3, 3, 3])
     """
     return load_cifar(CIFAR10, split, data_dir=data_dir, download=download, **kwargs)
 
@@ -262,6 +290,38 @@ def load_cifar100(
 
     Same arguments as :func:`load_cifar10`; files are ``cifar-100-python.tar.gz``
     or ``cifar-100-python/``, looked for in ``<root>/cifar100`` and ``<root>``.
+
+    Args:
+      split: ``"train"`` or ``"test"``.
+      data_dir: searched first (``data_dir/cifar100`` then ``data_dir``).
+      download: fetch the official archive when it is nowhere to be found.
+      label_mode: ``"fine"`` (100 classes) or ``"coarse"`` (20 superclasses).
+      **kwargs: ``verify``, ``cache``, ``opener``, ``progress`` (see
+        :func:`load_cifar10`).
+
+    Returns:
+      ``(images, labels)``: uint8 ``(N, 32, 32, 3)`` and int32 ``(N,)``.
+
+    Raises:
+      ValueError: for an unknown split or ``label_mode``.
+      DataNotFoundError: not on disk and not downloadable.
+      DataError: a corrupt archive or batch, or a failed checksum.
+
+    Example:
+      >>> import pickle, tempfile
+      >>> from pathlib import Path
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> folder = Path(tempfile.mkdtemp()) / "cifar-100-python"
+      >>> folder.mkdir()
+      >>> images = np.zeros((2, 3072), np.uint8)
+      >>> batch = {"data": images, "fine_labels": [7, 99], "coarse_labels": [1, 19]}
+      >>> _ = (folder / "test").write_bytes(pickle.dumps(batch))
+      >>> kwargs = dict(data_dir=folder.parent, download=False, verify=False)
+      >>> data.load_cifar100("test", **kwargs)[1].tolist()
+      [7, 99]
+      >>> data.load_cifar100("test", label_mode="coarse", **kwargs)[1].tolist()
+      [1, 19]
     """
     if label_mode not in ("fine", "coarse"):
         raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")

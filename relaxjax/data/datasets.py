@@ -34,6 +34,7 @@ __all__ = [
     "dataset_info",
 ]
 
+#: CIFAR-10's class names in label order.
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -47,11 +48,19 @@ CIFAR10_CLASSES = (
     "truck",
 )
 CIFAR10_JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
+#: The SHA-256 of ``cifar10-jpeg.tar.gz``, the project's JPEG copy of CIFAR-10.
 CIFAR10_JPEG_SHA256 = "094972270ae47c50e842bda89f879bf59be9a653349d49f7a754e65cfabfcd1b"
 
 
 class DatasetInfo(NamedTuple):
-    """Static facts about a named data set (``None`` where it depends on the files)."""
+    """Static facts about a named data set (``None`` where it depends on the files).
+
+    Attributes:
+      name: the registry name.
+      num_classes: the number of classes.
+      image_shape: one image's (height, width, channels).
+      splits: the split names.
+    """
 
     name: str
     num_classes: int | None
@@ -59,6 +68,7 @@ class DatasetInfo(NamedTuple):
     splits: tuple[str, ...] | None
 
 
+#: The named data sets of :func:`load_dataset`, with their static facts.
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", 10, (28, 28, 1), ("train", "test")),
     "cifar10": DatasetInfo("cifar10", 10, (32, 32, 3), ("train", "test")),
@@ -69,7 +79,23 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """:class:`DatasetInfo` of ``name``; unknown names raise ``ValueError`` listing valid ones."""
+    """:class:`DatasetInfo` of ``name``; unknown names raise ``ValueError`` listing valid ones.
+
+    Args:
+      name: a name of :data:`DATASETS` (any case).
+
+    Returns:
+      Its :class:`DatasetInfo`.
+
+    Raises:
+      ValueError: for an unknown name.
+
+    Example:
+      >>> from relaxjax import data
+      >>> info = data.dataset_info("CIFAR100")
+      >>> info.name, info.num_classes, info.image_shape, info.splits
+      ('cifar100', 100, (32, 32, 3), ('train', 'test'))
+    """
     key = name.lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -127,10 +153,35 @@ def load_dataset(
         only), ``cache=...``, ``opener=...``; ``classes=``/``mode=`` for
         image folders; ``label_mode="coarse"`` for CIFAR-100.
 
+    Returns:
+      ``(images, labels)``: uint8 NHWC images and int32 labels.
+
     Raises:
       ValueError: unknown name or split.
       DataNotFoundError: not on disk and not downloadable; says where to put what.
       DataError: a file is corrupt, truncated or fails its checksum.
+
+    References:
+      ``docs/deep-relaxation.md`` §3.2, ``docs/cli.md`` §1.4 (where the data come
+      from).
+
+    Example:
+      MNIST from four IDX files written here (so ``verify=False``: they are not the
+      official ones):
+
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> from relaxjax.data.idx import encode_idx
+      >>> root = Path(tempfile.mkdtemp())
+      >>> for prefix in ("train", "t10k"):
+      ...     images, labels = np.zeros((3, 28, 28), np.uint8), np.array([1, 2, 3], np.uint8)
+      ...     _ = (root / f"{prefix}-images-idx3-ubyte").write_bytes(encode_idx(images))
+      ...     _ = (root / f"{prefix}-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+      >>> x, y = data.load_dataset("mnist", "test", data_dir=root, download=False, verify=False)
+      >>> x.shape, x.dtype, y.tolist()
+      ((3, 28, 28, 1), dtype('uint8'), [1, 2, 3])
     """
     info = dataset_info(name)
     if info.splits is not None and split not in info.splits:

@@ -113,6 +113,19 @@ def download(
 
     Raises:
       DownloadError: every URL failed; the message lists each failure.
+
+    Example:
+      A ``file://`` mirror after one that does not exist:
+
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from relaxjax import data
+      >>> root = Path(tempfile.mkdtemp())
+      >>> _ = (root / "source.txt").write_text("hello")
+      >>> urls = [(root / "missing.txt").as_uri(), (root / "source.txt").as_uri()]
+      >>> dest = data.download(urls, root / "copy" / "hello.txt", progress=False)
+      >>> dest.read_text(), sorted(p.name for p in dest.parent.iterdir())  # no temporary left
+      ('hello', ['hello.txt'])
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     dest = Path(dest)

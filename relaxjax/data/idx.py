@@ -38,9 +38,26 @@ _GZIP_MAGIC = b"\x1f\x8b"
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Parse the bytes of an uncompressed IDX file into a native-endian array.
 
+    Args:
+      data: the file's bytes.
+      name: the file's name, for error messages.
+
+    Returns:
+      The array, of the header's shape and dtype.
+
     Raises:
       DataError: bad magic number / type code, truncated header or data, or
         trailing bytes; the message starts with ``name``.
+
+    Example:
+      >>> from relaxjax import data
+      >>> header = bytes([0, 0, 0x08, 2]) + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+      >>> data.parse_idx(header + bytes(range(6))).tolist()
+      [[0, 1, 2], [3, 4, 5]]
+      >>> data.parse_idx(header + bytes(5), "images.idx")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      relaxjax.data.errors.DataError: images.idx: IDX file truncated: 17 bytes, but ...
     """
     if len(data) < 4:
         raise DataError(f"{name}: truncated IDX file ({len(data)} bytes; the header needs 4)")
@@ -110,6 +127,29 @@ def read_idx(path: str | os.PathLike, md5: str | None = None) -> np.ndarray:
 
     The structure is checked first (so a truncated file is reported as
     truncated), then the checksum.
+
+    Args:
+      path: the file, raw or gzip-compressed.
+      md5: the expected MD5 of the uncompressed bytes, or None.
+
+    Returns:
+      The array (see :func:`parse_idx`).
+
+    Raises:
+      DataError: an unreadable, corrupt or truncated file.
+      ChecksumError: an MD5 mismatch.
+
+    Example:
+      >>> import gzip, hashlib, tempfile
+      >>> from pathlib import Path
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> from relaxjax.data.idx import encode_idx
+      >>> raw = encode_idx(np.arange(4, dtype=np.uint8))
+      >>> path = Path(tempfile.mkdtemp()) / "labels.gz"
+      >>> _ = path.write_bytes(gzip.compress(raw))
+      >>> data.read_idx(path, md5=hashlib.md5(raw).hexdigest()).tolist()
+      [0, 1, 2, 3]
     """
     data = read_maybe_gzip(path)
     arr = parse_idx(data, str(path))

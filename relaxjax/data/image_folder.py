@@ -49,7 +49,13 @@ _CACHE_FORMAT = 1
 
 
 class LabeledImages(NamedTuple):
-    """Decoded split: uint8 NHWC ``images``, int32 ``labels``, ``classes`` (label -> name)."""
+    """Decoded split: uint8 NHWC ``images``, int32 ``labels``, ``classes`` (label -> name).
+
+    Attributes:
+      images: uint8 ``(N, H, W, C)``.
+      labels: int32 ``(N,)``.
+      classes: the class names; label i is ``classes[i]``.
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -237,6 +243,25 @@ def read_image_folder(
 
     Returns:
       :class:`LabeledImages` with uint8 ``(N, H, W, C)`` images.
+
+    Raises:
+      DataError: a missing or corrupt tree, images of different sizes, absent class
+        folders, no images for the split, or a SHA-256 mismatch.
+      ValueError: duplicate class names.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> import numpy as np
+      >>> from PIL import Image
+      >>> from relaxjax import data
+      >>> root = Path(tempfile.mkdtemp())
+      >>> for name in ("dog", "cat"):
+      ...     (root / "train" / name).mkdir(parents=True)
+      ...     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "train" / name / "0.png")
+      >>> split = data.read_image_folder(root, "train", use_cache=False)
+      >>> split.images.shape, split.labels.tolist(), split.classes
+      ((2, 4, 4, 3), [0, 1], ('cat', 'dog'))
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -282,6 +307,32 @@ def read_image_folder(
 def load_image_folder(
     path: str | os.PathLike, split: str, **kwargs
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(images, labels)`` of :func:`read_image_folder` (same arguments)."""
+    """``(images, labels)`` of :func:`read_image_folder` (same arguments).
+
+    Args:
+      path: directory or tar archive.
+      split: name of the first-level folder, e.g. ``"train"``.
+      **kwargs: ``classes``, ``mode``, ``cache``, ``use_cache``, ``sha256`` (see
+        :func:`read_image_folder`).
+
+    Returns:
+      ``(images, labels)``: uint8 NHWC and int32.
+
+    Raises:
+      DataError: as :func:`read_image_folder`.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> import numpy as np
+      >>> from PIL import Image
+      >>> from relaxjax import data
+      >>> root = Path(tempfile.mkdtemp())
+      >>> (root / "test" / "zebra").mkdir(parents=True)
+      >>> Image.fromarray(np.zeros((2, 2), np.uint8)).save(root / "test" / "zebra" / "0.png")
+      >>> images, labels = data.load_image_folder(root, "test", mode="L", use_cache=False)
+      >>> images.shape, labels.tolist()
+      ((1, 2, 2, 1), [0])
+    """
     data = read_image_folder(path, split, **kwargs)
     return data.images, data.labels

@@ -20,7 +20,9 @@ from pathlib import Path
 
 __all__ = ["DATA_DIR_ENV", "CACHE_DIR_ENV", "cache_dir", "search_roots", "candidate_dirs"]
 
+#: The environment variable of extra data directories (``os.pathsep``-separated).
 DATA_DIR_ENV = "RELAXJAX_DATA_DIR"
+#: The environment variable that overrides the per-user cache directory.
 CACHE_DIR_ENV = "RELAXJAX_CACHE_DIR"
 
 
@@ -29,6 +31,22 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
     ``override`` if given, else ``$RELAXJAX_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/relaxjax``, else ``~/.cache/relaxjax``. Not created here.
+
+    Args:
+      override: a directory to use instead (``~`` expanded).
+
+    Returns:
+      The cache directory, a :class:`~pathlib.Path`.
+
+    Example:
+      >>> import os
+      >>> from unittest import mock
+      >>> from relaxjax import data
+      >>> data.cache_dir("/tmp/my-cache").as_posix()
+      '/tmp/my-cache'
+      >>> with mock.patch.dict(os.environ, {data.CACHE_DIR_ENV: "/data/cache"}):
+      ...     data.cache_dir().as_posix()
+      '/data/cache'
     """
     if override is not None:
         return Path(override).expanduser()

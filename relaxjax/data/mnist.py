@@ -114,6 +114,30 @@ def load_mnist(
 
     Returns:
       ``(images, labels)``: uint8 ``(N, 28, 28, 1)`` and int32 ``(N,)``.
+
+    Raises:
+      ValueError: for an unknown split.
+      DataNotFoundError: not on disk and not downloadable.
+      DataError: a corrupt or truncated file, a failed checksum, or mismatched
+        image and label counts.
+
+    References:
+      LeCun, Cortes, Burges, the MNIST database; ``docs/deep-relaxation.md`` §3.2.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> from relaxjax.data.idx import encode_idx
+      >>> root = Path(tempfile.mkdtemp()) / "mnist"
+      >>> root.mkdir()
+      >>> images, labels = np.zeros((2, 28, 28), np.uint8), np.array([7, 0], np.uint8)
+      >>> _ = (root / "train-images-idx3-ubyte").write_bytes(encode_idx(images))
+      >>> _ = (root / "train-labels-idx1-ubyte").write_bytes(encode_idx(labels))
+      >>> x, y = data.load_mnist("train", data_dir=root.parent, download=False, verify=False)
+      >>> x.shape, y.tolist()
+      ((2, 28, 28, 1), [7, 0])
     """
     if split not in MNIST_FILES:
         raise ValueError(f"unknown MNIST split {split!r}; valid: {sorted(MNIST_FILES)}")

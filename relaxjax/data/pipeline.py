@@ -43,7 +43,12 @@ _TRANSFORM_TAG = 0x7A46
 
 
 class Batch(NamedTuple):
-    """A mini-batch: ``images`` (NHWC) and int32 ``labels``."""
+    """A mini-batch: ``images`` (NHWC) and int32 ``labels``.
+
+    Attributes:
+      images: the batch's images (NumPy, or JAX arrays after ``device_put``).
+      labels: the batch's labels.
+    """
 
     images: Any
     labels: Any
@@ -56,17 +61,71 @@ def _seed_sequence(*values: int) -> np.random.SeedSequence:
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The shuffled order of ``n`` examples in ``epoch`` for run ``seed`` (pure function)."""
+    """The shuffled order of ``n`` examples in ``epoch`` for run ``seed`` (pure function).
+
+    Args:
+      seed: the run's seed (≥ 0).
+      epoch: the epoch (≥ 0).
+      n: the number of examples.
+
+    Returns:
+      A permutation of ``0 … n − 1``.
+
+    Raises:
+      ValueError: for a negative seed or epoch.
+
+    Example:
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> perm = data.epoch_permutation(0, 1, 6)
+      >>> sorted(perm.tolist()), bool((perm == data.epoch_permutation(0, 1, 6)).all())
+      ([0, 1, 2, 3, 4, 5], True)
+    """
     return np.random.default_rng(_seed_sequence(_PERMUTATION_TAG, seed, epoch)).permutation(n)
 
 
 def batch_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
-    """Independent generator for the transform of batch ``step`` of ``epoch`` (pure function)."""
+    """Independent generator for the transform of batch ``step`` of ``epoch`` (pure function).
+
+    Args:
+      seed: the run's seed (≥ 0).
+      epoch: the epoch (≥ 0).
+      step: the batch's index in the epoch (≥ 0).
+
+    Returns:
+      A fresh ``numpy.random.Generator``.
+
+    Raises:
+      ValueError: for a negative seed, epoch or step.
+
+    Example:
+      >>> from relaxjax import data
+      >>> a, b = data.batch_rng(0, 2, 5).random(), data.batch_rng(0, 2, 5).random()
+      >>> a == b, a == data.batch_rng(0, 2, 6).random()
+      (True, False)
+    """
     return np.random.default_rng(_seed_sequence(_TRANSFORM_TAG, seed, epoch, step))
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_remainder: bool = True) -> int:
-    """Number of batches in an epoch of ``n`` examples."""
+    """Number of batches in an epoch of ``n`` examples.
+
+    Args:
+      n: the number of examples.
+      batch_size: the batch size (> 0).
+      drop_remainder: drop the last, incomplete batch.
+
+    Returns:
+      The number of batches.
+
+    Raises:
+      ValueError: for ``batch_size <= 0``.
+
+    Example:
+      >>> from relaxjax import data
+      >>> data.steps_per_epoch(10, 4), data.steps_per_epoch(10, 4, drop_remainder=False)
+      (2, 3)
+    """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     return n // batch_size if drop_remainder else -(-n // batch_size)
@@ -82,7 +141,31 @@ def batch_indices(
     shuffle: bool = True,
     drop_remainder: bool = True,
 ) -> np.ndarray:
-    """Example indices of batch ``step`` of ``epoch``."""
+    """Example indices of batch ``step`` of ``epoch``.
+
+    Args:
+      seed: the run's seed.
+      epoch: the epoch.
+      step: the batch's index in the epoch.
+      n: the number of examples.
+      batch_size: the batch size.
+      shuffle: use :func:`epoch_permutation` (else the examples in order).
+      drop_remainder: as in :func:`steps_per_epoch`.
+
+    Returns:
+      The indices of the batch's examples.
+
+    Raises:
+      IndexError: for a step outside the epoch.
+
+    Example:
+      >>> from relaxjax import data
+      >>> data.batch_indices(0, 0, 1, n=10, batch_size=4, shuffle=False).tolist()
+      [4, 5, 6, 7]
+      >>> perm = data.epoch_permutation(0, 0, 10)
+      >>> bool((data.batch_indices(0, 0, 1, n=10, batch_size=4) == perm[4:8]).all())
+      True
+    """
     if not 0 <= step < steps_per_epoch(n, batch_size, drop_remainder):
         raise IndexError(f"step {step} outside epoch of {n} examples / batch {batch_size}")
     order = epoch_permutation(seed, epoch, n) if shuffle else np.arange(n)
@@ -104,6 +187,32 @@ def epoch_batches(
     """Yield the batches of one epoch, starting at ``start_step`` (for resuming).
 
     With ``drop_remainder=False`` the last batch may be smaller.
+
+    Args:
+      images: the data set's images (any array indexable along axis 0).
+      labels: its labels.
+      batch_size: the batch size.
+      seed: the run's seed.
+      epoch: the epoch.
+      start_step: the first batch to yield.
+      shuffle: shuffle with :func:`epoch_permutation`.
+      drop_remainder: drop the last, incomplete batch.
+      transform: ``transform(images, rng)`` applied to each batch's images, with
+        ``rng = batch_rng(seed, epoch, step)``.
+
+    Yields:
+      :class:`Batch` es, in order.
+
+    Raises:
+      ValueError: if images and labels differ in length.
+
+    Example:
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> images, labels = np.arange(10)[:, None], np.arange(10)
+      >>> batches = list(data.epoch_batches(images, labels, 4, shuffle=False, start_step=1))
+      >>> [b.labels.tolist() for b in batches]
+      [[4, 5, 6, 7]]
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -128,6 +237,20 @@ class Prefetcher(Generic[T]):
     Exceptions from the source are re-raised in the consumer. Call
     :meth:`close` (or use ``with``) to stop early; iteration to the end
     stops the thread by itself.
+
+    Args:
+      iterable: the source.
+      buffer_size: items kept ready (≥ 1).
+      transfer: applied to each item in the thread, e.g. ``jax.device_put``.
+
+    Raises:
+      ValueError: for ``buffer_size < 1``.
+
+    Example:
+      >>> from relaxjax import data
+      >>> with data.Prefetcher(range(5), buffer_size=2, transfer=lambda i: i * i) as items:
+      ...     list(items)
+      [0, 1, 4, 9, 16]
     """
 
     def __init__(
@@ -207,6 +330,27 @@ class DataLoader(NamedTuple):
     ``transform(images, rng)`` runs on each batch in the prefetch thread with
     ``rng = batch_rng(seed, epoch, step)``. ``prefetch=0`` disables the
     thread; ``device_put=True`` moves batches to the default JAX device in it.
+
+    Attributes:
+      images: the data set's images.
+      labels: its labels.
+      batch_size: the batch size.
+      seed: the run's seed.
+      shuffle: shuffle every epoch.
+      drop_remainder: drop each epoch's last, incomplete batch.
+      transform: ``transform(images, rng)`` per batch, or None.
+      prefetch: batches prepared ahead in a thread (0: no thread).
+      device_put: move batches to the default JAX device in the thread.
+
+    Example:
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> loader = data.DataLoader(np.zeros((10, 2, 2, 1)), np.arange(10), batch_size=4, seed=0)
+      >>> loader.steps_per_epoch, [b.images.shape for b in loader.epoch(0)]
+      (2, [(4, 2, 2, 1), (4, 2, 2, 1)])
+      >>> stream = loader.iterate(start_epoch=3, start_step=1)
+      >>> [(epoch, step) for epoch, step, _ in (next(stream) for _ in range(3))]
+      [(3, 1), (4, 0), (4, 1)]
     """
 
     images: np.ndarray
@@ -250,13 +394,32 @@ class DataLoader(NamedTuple):
         return jax.device_put
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """The batches of ``epoch`` from ``start_step`` on."""
+        """The batches of ``epoch`` from ``start_step`` on.
+
+        Args:
+          epoch: the epoch.
+          start_step: the first batch (to resume mid-epoch).
+
+        Returns:
+          An iterator of :class:`Batch` es (prefetched unless ``prefetch=0``).
+        """
         return self._wrap(self._batches(epoch, start_step), self._device_put())
 
     def iterate(
         self, start_epoch: int = 0, start_step: int = 0
     ) -> Iterator[tuple[int, int, Batch]]:
-        """Endless ``(epoch, step, batch)`` stream resuming at ``(start_epoch, start_step)``."""
+        """Endless ``(epoch, step, batch)`` stream resuming at ``(start_epoch, start_step)``.
+
+        Args:
+          start_epoch: the first epoch.
+          start_step: the first batch of ``start_epoch``.
+
+        Returns:
+          An endless iterator of ``(epoch, step, Batch)``.
+
+        Raises:
+          ValueError: if the data set holds no full batch.
+        """
 
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.images)} examples give no batch of {self.batch_size}")

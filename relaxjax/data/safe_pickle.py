@@ -34,7 +34,19 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` whose ``find_class`` only returns :data:`ALLOWED_GLOBALS`."""
+    """``pickle.Unpickler`` whose ``find_class`` only returns :data:`ALLOWED_GLOBALS`.
+
+    Example:
+      >>> import io, os, pickle
+      >>> from relaxjax import data
+      >>> class Evil:
+      ...     def __reduce__(self):
+      ...         return (os.system, ("echo pwned",))
+      >>> data.RestrictedUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      relaxjax.data.errors.UnsafePickleError: refused to load global ...system: only numpy ...
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -55,9 +67,25 @@ def safe_loads(data: bytes, name: str = "<bytes>", encoding: str = "latin1") -> 
     ``encoding="latin1"`` decodes Python 2 ``str`` objects (including numpy's
     raw array buffers) losslessly, as numpy recommends for Python 2 pickles.
 
+    Args:
+      data: the pickle's bytes.
+      name: the file's name, for error messages.
+      encoding: how Python 2 ``str`` objects are decoded.
+
+    Returns:
+      The unpickled object (dicts, lists, strings, numbers, numpy arrays).
+
     Raises:
       UnsafePickleError: the pickle references a refused global.
       DataError: the pickle is truncated or malformed.
+
+    Example:
+      >>> import pickle
+      >>> import numpy as np
+      >>> from relaxjax import data
+      >>> batch = data.safe_loads(pickle.dumps({"labels": [1, 2], "data": np.zeros(3, np.uint8)}))
+      >>> batch["labels"], batch["data"].dtype
+      ([1, 2], dtype('uint8'))
     """
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()

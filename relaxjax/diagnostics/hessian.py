@@ -1,23 +1,4 @@
-"""Flatness diagnostics around trained weights: local entropy and the Hessian spectrum.
-
-Entropy-SGD and the PDE relaxations of *Deep Relaxation* (Chaudhari, Oberman,
-Osher, Soatto, Carlier 2018; Chaudhari et al., *Entropy-SGD*, ICLR 2017) bias
-training toward wide minima. This module measures width at given weights x so
-that minima found by different optimizers can be compared.
-
-**Local entropy** (:func:`local_entropy_estimate`). For a scope γ and an inverse
-temperature β (β = 1/ε², the convention of :func:`relaxjax.local_entropy`), the
-viscous Hamilton-Jacobi relaxation of the loss is
-
-    f_γ(x) = −β⁻¹ log ∫ G_{γ/β}(x − y) exp(−β f(y)) dy,
-
-G_s the Gaussian density of variance s per coordinate (normalised, so f_γ → f
-as γ → 0; this is :func:`relaxjax.pde.local_entropy_at`). The Entropy-SGD paper's
-"local entropy" F(x, γ) is −β f_γ(x) up to a constant. Its gradient is
-(x − ⟨y⟩)/γ with ⟨y⟩ the mean of the Gibbs measure
-ρ(y; x) ∝ exp(−β f(y) − β|x − y|²/(2γ)). At a minimum x* of a quadratic bowl with
-Hessian H, f_γ(x*) − f(x*) = (2β)⁻¹ Σᵢ log(1 + γλᵢ(H)): the sharper the minimum,
-the larger the gap, and flat directions (λᵢ ≈ 0) cost nothing.
+"""The Hessian spectrum at trained weights: a measure of the width of a minimum.
 
 **Hessian spectrum** (:func:`hessian_top_eigenvalues`,
 :func:`hessian_spectral_density`). Lanczos iterations on Hessian-vector
@@ -28,13 +9,9 @@ density. The Entropy-SGD paper motivates local entropy by the spectra of
 trained networks: most eigenvalues near zero, a few large positive and
 negative ones.
 
-Every function takes ``loss_fn(params, *loss_args) -> scalar``, a
-deterministic loss: a fixed batch (for neural networks, a few thousand
-training examples) and the model in inference mode (no dropout; BatchNorm with
-running statistics). Pass arrays such as the batch and the model state in
-``loss_args`` rather than closing over them: they are traced arguments of the
-jitted computations, so one ``loss_fn`` compiles once for every batch and set
-of weights of the same shapes (a new closure per call compiles anew).
+Every function takes ``loss_fn(params, *loss_args) -> scalar``, a deterministic
+loss with the batch and model state passed in ``loss_args`` (see
+:mod:`relaxjax.diagnostics`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Flatness diagnostics around trained weights: local entropy and the Hessian spectrum.
+"""The local entropy at trained weights, by SGLD and thermodynamic integration.
 
 Entropy-SGD and the PDE relaxations of *Deep Relaxation* (Chaudhari, Oberman,
 Osher, Soatto, Carlier 2018; Chaudhari et al., *Entropy-SGD*, ICLR 2017) bias
-training toward wide minima. This module measures width at given weights x so
-that minima found by different optimizers can be compared.
+training toward wide minima; the gap f_γ(x) − f(x) measures the width at given
+weights x, so that minima found by different optimizers can be compared.
 
 **Local entropy** (:func:`local_entropy_estimate`). For a scope γ and an inverse
 temperature β (β = 1/ε², the convention of :func:`relaxjax.local_entropy`), the
@@ -19,22 +19,9 @@ as γ → 0; this is :func:`relaxjax.pde.local_entropy_at`). The Entropy-SGD pap
 Hessian H, f_γ(x*) − f(x*) = (2β)⁻¹ Σᵢ log(1 + γλᵢ(H)): the sharper the minimum,
 the larger the gap, and flat directions (λᵢ ≈ 0) cost nothing.
 
-**Hessian spectrum** (:func:`hessian_top_eigenvalues`,
-:func:`hessian_spectral_density`). Lanczos iterations on Hessian-vector
-products (forward-over-reverse: the jvp of the gradient), with full
-reorthogonalisation, over parameter pytrees; and stochastic Lanczos quadrature
-(Ubaru, Chen & Saad 2017; Ghorbani, Krishnan & Xiao 2019) for the eigenvalue
-density. The Entropy-SGD paper motivates local entropy by the spectra of
-trained networks: most eigenvalues near zero, a few large positive and
-negative ones.
-
-Every function takes ``loss_fn(params, *loss_args) -> scalar``, a
-deterministic loss: a fixed batch (for neural networks, a few thousand
-training examples) and the model in inference mode (no dropout; BatchNorm with
-running statistics). Pass arrays such as the batch and the model state in
-``loss_args`` rather than closing over them: they are traced arguments of the
-jitted computations, so one ``loss_fn`` compiles once for every batch and set
-of weights of the same shapes (a new closure per call compiles anew).
+Every function takes ``loss_fn(params, *loss_args) -> scalar``, a deterministic
+loss with the batch and model state passed in ``loss_args`` (see
+:mod:`relaxjax.diagnostics`).
 """
 
 from __future__ import annotations

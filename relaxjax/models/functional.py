@@ -38,8 +38,8 @@ class FunctionalModel(NamedTuple):
       >>> import jax, jax.numpy as jnp
       >>> from relaxjax.models import get_model
       >>> model = get_model("mnistfc")
-      >>> params, state = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-      >>> sorted(params), sorted(state)
+      >>> params, state = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+      >>> sorted(params), sorted(state)  # shapes only: eval_shape initialises nothing
       (['BatchNorm_0', 'BatchNorm_1', 'Dense_0', 'Dense_1', 'Dense_2'], ['batch_stats'])
     """
 

@@ -44,7 +44,8 @@ class HashDropout(nn.Dropout):
       >>> import jax, jax.numpy as jnp
       >>> from relaxjax.models import HashDropout
       >>> layer = HashDropout(0.5, deterministic=False)
-      >>> y = layer.apply({}, jnp.ones((1, 1000)), rngs={"dropout": jax.random.key(0)})
+      >>> apply = jax.jit(lambda x, key: layer.apply({}, x, rngs={"dropout": key}))
+      >>> y = apply(jnp.ones((1, 1000)), jax.random.key(0))
       >>> sorted(set(y.ravel().tolist())), 400 < int((y > 0).sum()) < 600
       ([0.0, 2.0], True)
     """

@@ -115,9 +115,9 @@ def get_model(name: str, *, num_classes: int = 10, **overrides) -> FunctionalMod
       >>> import jax, jax.numpy as jnp
       >>> from relaxjax.models import get_model
       >>> model = get_model("mnistfc")
-      >>> params, state = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-      >>> logits, _ = model.apply(params, state, jnp.zeros((2, 28, 28, 1)), train=False)
-      >>> logits.shape
+      >>> params, state = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+      >>> predict = jax.jit(lambda p, s, x: model.apply(p, s, x, train=False)[0])
+      >>> predict(params, state, jnp.zeros((2, 28, 28, 1))).shape
       (2, 10)
     """
     return functional(get_module(name, num_classes=num_classes, **overrides))

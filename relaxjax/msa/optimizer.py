@@ -217,7 +217,7 @@ class MSA(NamedTuple):
     init: Callable[[Any], MSAState]
     """``init(layers) -> state`` (a :class:`LayerSequence` or ``(apply_fn, params)`` pairs)."""
     step: Callable[[MSAState, tuple[Array, Array]], tuple[MSAState, MSAMetrics]]
-    """``step(state, (x, y)) -> (state, metrics)``: one iteration on a (mini-)batch."""
+    """One iteration on a (mini-)batch, ``step(state, (x, y)) -> (state, metrics)``."""
     loss: Callable[[Any, tuple[Array, Array]], Array]
     """``loss(state_or_layers, (x, y)) -> J`` (jit-compiled)."""
     predict: Callable[[Any, Array], Array]

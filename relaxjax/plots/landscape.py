@@ -55,6 +55,24 @@ def relaxed_landscapes_1d(
     ``gamma``: the viscous HJ solution (local entropy, inverse temperature ``beta``),
     the Hopf-Lax / Moreau envelope and the heat-equation smoothing, all at time
     ``t = gamma``.
+
+    Args:
+      f: the loss, a vectorised callable or its values on ``grid``.
+      grid: a 1-D :class:`relaxjax.pde.Grid`.
+      gammas: the times (scopes).
+      beta: inverse temperature of the viscous equation.
+
+    Returns:
+      ``{relaxation: [values on the grid nodes, one array per gamma]}``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import pde
+      >>> from relaxjax.plots.landscape import relaxed_landscapes_1d
+      >>> grid = pde.uniform_grid(-3.0, 3.0, 121)
+      >>> curves = relaxed_landscapes_1d(lambda x: x**2, grid, [0.5], beta=10.0)
+      >>> sorted(curves), curves["Hopf-Lax"][0].shape
+      (['Hopf-Lax', 'heat', 'viscous HJ'], (121,))
     """
     out: dict[str, list[np.ndarray]] = {name: [] for name, _, _ in _RELAXATIONS}
     for gamma in gammas:
@@ -93,6 +111,14 @@ def plot_relaxed_landscapes_1d(
 
     Returns:
       The figure holding the axes.
+
+    Example:
+      >>> from relaxjax import pde
+      >>> from relaxjax.plots.landscape import plot_relaxed_landscapes_1d
+      >>> grid = pde.uniform_grid(-3.0, 3.0, 121)
+      >>> figure = plot_relaxed_landscapes_1d(lambda x: x**2, grid, [0.1, 1.0], beta=10.0)
+      >>> len(figure.axes)
+      3
     """
     if grid.ndim != 1:
         raise ValueError(f"need a 1-D grid, got {grid.ndim}-D")
@@ -170,6 +196,16 @@ def plot_contours_2d(
 
     Returns:
       The figure holding the axes.
+
+    Example:
+      >>> import numpy as np
+      >>> from relaxjax import pde
+      >>> from relaxjax.plots.landscape import plot_contours_2d, wide_and_sharp_2d
+      >>> grid = pde.uniform_grid((-2.0, -2.0), (2.0, 2.0), (41, 41))
+      >>> path = np.array([[1.5, 1.5], [1.2, 0.8]])
+      >>> figure = plot_contours_2d(wide_and_sharp_2d, grid, trajectories={"SGD": path})
+      >>> figure.axes[0].get_legend().get_texts()[0].get_text()
+      'SGD'
     """
     if grid2d.ndim != 2:
         raise ValueError(f"need a 2-D grid, got {grid2d.ndim}-D")
@@ -221,6 +257,19 @@ def wide_and_sharp_2d(p: ArrayLike) -> jax.Array:
     + 0.08 sin(4p₁) sin(4p₂) + 0.04|p|²: the wide valley of *Entropy-SGD*'s
     picture, a sharp global minimum, and ripples that trap gradient descent in
     shallow local minima. Vectorised over points of shape ``(..., 2)``.
+
+    Args:
+      p: points of shape ``(..., 2)``.
+
+    Returns:
+      f(p), of shape ``(...)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax.plots.landscape import wide_and_sharp_2d
+      >>> sharp, wide = jnp.array([-0.8, -0.6]), jnp.array([1.2, 0.6])
+      >>> bool(wide_and_sharp_2d(sharp) < wide_and_sharp_2d(wide))  # the sharp one is deeper
+      True
     """
     p = jnp.asarray(p)
     x, y = p[..., 0], p[..., 1]
@@ -317,6 +366,12 @@ def optimizer_trajectories(
       ``{method: array of shape (T + 1, 2)}``, the start included; T is
       ``outer_steps · inner_steps`` for SGD and ``outer_steps`` for the relaxations.
       Pass it to :func:`plot_contours_2d` or :func:`plot_optimizer_trajectories`.
+
+    Example:
+      >>> from relaxjax.plots.landscape import optimizer_trajectories, wide_and_sharp_2d
+      >>> paths = optimizer_trajectories(wide_and_sharp_2d, outer_steps=3, inner_steps=4)
+      >>> {name: path.shape for name, path in paths.items()}
+      {'SGD': (13, 2), 'Entropy-SGD': (4, 2), 'HJ': (4, 2)}
     """
     x0 = jnp.asarray(x0, dtype=jnp.result_type(float))
     if x0.shape != (2,):
@@ -372,8 +427,29 @@ def plot_optimizer_trajectories(
     envelope, HJ's landscape), each at time ``gamma`` on ``grid2d``, with the same
     ``trajectories`` (e.g. from :func:`optimizer_trajectories`; use β = 1/noise²).
 
+    Args:
+      f: the loss, a vectorised callable on ``(..., 2)`` points or its values on the grid.
+      grid2d: a 2-D :class:`relaxjax.pde.Grid`.
+      trajectories: ``{label: array of shape (T, 2)}``.
+      gamma: the time (scope) of the relaxations.
+      beta: inverse temperature of the local entropy.
+      panels: which of ``"loss"``, ``"local entropy"``, ``"Hopf-Lax"`` to draw.
+      axes: one axes per panel to draw into; ``None`` creates a new figure.
+      levels: number of contour levels.
+
     Returns:
       The figure (new unless ``axes`` is given, one axes per panel).
+
+    Example:
+      >>> import numpy as np
+      >>> from relaxjax import pde
+      >>> from relaxjax.plots.landscape import plot_optimizer_trajectories, wide_and_sharp_2d
+      >>> grid = pde.uniform_grid((-2.0, -2.0), (2.0, 2.0), (31, 31))
+      >>> paths = {"SGD": np.array([[1.5, 1.5], [1.2, 0.8]])}
+      >>> figure = plot_optimizer_trajectories(
+      ...     wide_and_sharp_2d, grid, paths, gamma=0.1, beta=10.0)
+      >>> [axes.get_title().split()[0] for axes in figure.axes if axes.get_title()]
+      ['loss', 'local', 'Hopf-Lax']
     """
     unknown = [p for p in panels if p not in _PANELS]
     if unknown or not panels:

@@ -41,6 +41,21 @@ class TrainConfig:
         code does before each validation (its "dry feed", see
         :func:`make_statistics_refresh`); 0 turns it off. Models without
         model state are unaffected.
+
+    Raises:
+      ValueError: for ``epochs <= 0``, ``batch_size < 1`` or ``refresh_batches < 0``.
+
+    References:
+      ``docs/cli.md`` §1.2 (the options of ``relaxjax train`` and their defaults),
+      ``docs/conventions.md`` §6 (effective epochs).
+
+    Example:
+      >>> from relaxjax import train
+      >>> config = train.TrainConfig(model="lenet", dataset="cifar10", epochs=2)
+      >>> config.use_augmentation, config.use_zca, config.optimizer.name
+      (True, True, 'entropy-sgd')
+      >>> train.TrainConfig.from_json(config.to_json()) == config
+      True
     """
 
     model: str = "mnistfc"
@@ -68,17 +83,32 @@ class TrainConfig:
 
     @property
     def use_augmentation(self) -> bool:
+        """``augment``, or by default whether the data set is a CIFAR one."""
         return self.dataset in CIFAR if self.augment is None else self.augment
 
     @property
     def use_zca(self) -> bool:
+        """``zca``, or by default whether the data set is a CIFAR one."""
         return self.dataset in CIFAR if self.zca is None else self.zca
 
     def to_json(self) -> dict[str, Any]:
+        """The configuration as a JSON-ready dict (``config.json`` of the run directory).
+
+        Returns:
+          ``dataclasses.asdict`` of the configuration, the optimizer's as a nested dict.
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> TrainConfig:
+        """The configuration of a ``config.json`` (the inverse of :meth:`to_json`).
+
+        Args:
+          values: the JSON dict; runs saved before ``refresh_batches`` existed get 0.
+
+        Returns:
+          The :class:`TrainConfig`.
+        """
         values = dict(values)
         # Runs saved before the refresh existed were evaluated without one.
         values.setdefault("refresh_batches", 0)
@@ -88,7 +118,17 @@ class TrainConfig:
 
 
 class DataArrays(NamedTuple):
-    """Preprocessed float32 NHWC images and int32 labels, on the default device."""
+    """Preprocessed float32 NHWC images and int32 labels, on the default device.
+
+    Returned by :func:`load_data`; pass your own to :func:`train` (``data=``).
+
+    Attributes:
+      train_images: the training images, float32 ``(N, H, W, C)``.
+      train_labels: their labels, int32 ``(N,)``.
+      test_images: the test images, float32 ``(M, H, W, C)``.
+      test_labels: their labels, int32 ``(M,)``.
+      num_classes: the number of classes.
+    """
 
     train_images: jax.Array
     train_labels: jax.Array
@@ -98,7 +138,16 @@ class DataArrays(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    """What a checkpoint holds: with the config, it determines the rest of the run."""
+    """What a checkpoint holds: with the config, it determines the rest of the run.
+
+    Attributes:
+      step: the number of outer steps taken.
+      params: the model's parameters.
+      model_state: the model's state, e.g. BatchNorm running statistics.
+      opt_state: the optimizer's state.
+      key: the raw PRNG key of dropout and augmentation.
+      epoch_sums: [train loss, train error] summed over this epoch's steps.
+    """
 
     step: jax.Array  # outer steps taken
     params: Any

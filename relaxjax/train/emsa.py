@@ -39,10 +39,8 @@ L-BFGS runs its line search in such loops.  On CPU (or with
 ``canonical_convolutions=True``) the objective handed to the inner optimizer's
 line search is evaluated with :func:`relaxjax.cpu.conv_layout.with_canonical_convolutions`
 applied to its value-and-gradient (via a ``custom_vjp``), and fixed-iteration
-inner solvers (Adam, SGD) run unrolled (no loop at all).  Measured on the paper
-net, batch 100, 2 shared AMD EPYC cores (``benchmarks/results/msa.md``): one
-E-MSA iteration with 10 L-BFGS steps per layer 36.6 s → 4.9 s; with 10 Adam
-steps per layer 12.4 s (``lax.scan``) → 1.7 s (unrolled).
+inner solvers (Adam, SGD) run unrolled (no loop at all). The effect on one E-MSA
+iteration is measured in ``benchmarks/results/msa.md``.
 
 Defaults (``relaxjax train``): ρ = 0.03 with penalties summed over batch and
 features, as in the authors' MNIST code (their config.yml); on MNIST, 40
@@ -440,7 +438,7 @@ def _epoch_record(
         "train_error": means["train_error"],
         "test_loss": test_loss,
         "test_error": test_error,
-        "gamma": float("nan"),
+        "gamma": None,
         "rho": float(config.optimizer.msa_rho),
         "hamiltonian_gain": means["hamiltonian_gain"],
         "augmented_gain": means["augmented_gain"],

@@ -28,7 +28,50 @@ def _limited(images: np.ndarray, labels: np.ndarray, limit: int | None):
 
 
 def load_data(config: TrainConfig) -> DataArrays:
-    """Loads, preprocesses (paper's preprocessing) and places the data set on device."""
+    """Loads, preprocesses (paper's preprocessing) and places the data set on device.
+
+    ``config.train_limit``/``test_limit`` keep a subset; ``config.use_zca`` chooses
+    GCN + ZCA whitening, otherwise each channel is normalised with the training set's
+    statistics.
+
+    Args:
+      config: the run's configuration (``dataset``, ``data_dir``, limits, ``zca``).
+
+    Returns:
+      The :class:`DataArrays`.
+
+    Raises:
+      relaxjax.data.DataNotFoundError: if the data set is not on disk and cannot be
+        downloaded.
+
+    References:
+      ``docs/deep-relaxation.md`` §3.2 (data and preprocessing), ``docs/cli.md`` §1.4.
+
+    Example:
+      A CIFAR-10 image folder of one 32x32 image per class (``cifar10-jpeg`` as a
+      directory), normalised per channel:
+
+      >>> import os, tempfile
+      >>> from pathlib import Path
+      >>> from unittest import mock
+      >>> import numpy as np
+      >>> from PIL import Image
+      >>> from relaxjax import data, train
+      >>> root = Path(tempfile.mkdtemp())
+      >>> for split in ("train", "test"):
+      ...     for value, name in enumerate(data.CIFAR10_CLASSES):
+      ...         folder = root / "cifar10-jpeg" / split / name
+      ...         folder.mkdir(parents=True)
+      ...         image = np.full((32, 32, 3), 20 * value, np.uint8)
+      ...         Image.fromarray(image).save(folder / "0.png")
+      >>> config = train.TrainConfig(dataset="cifar10-jpeg", data_dir=str(root), zca=False)
+      >>> with mock.patch.dict(os.environ, {data.CACHE_DIR_ENV: str(root / "cache")}):
+      ...     arrays = train.load_data(config)  # the decoded splits are cached there
+      >>> arrays.train_images.shape, arrays.train_labels.tolist()[:3], arrays.num_classes
+      ((10, 32, 32, 3), [0, 1, 2], 10)
+      >>> round(float(arrays.train_images.mean()), 4), str(arrays.train_images.dtype)
+      (0.0, 'float32')
+    """
     train_x, train_y = data_lib.load_dataset(config.dataset, "train", data_dir=config.data_dir)
     test_x, test_y = data_lib.load_dataset(config.dataset, "test", data_dir=config.data_dir)
     train_x, train_y = _limited(train_x, train_y, config.train_limit)
@@ -49,7 +92,32 @@ def load_data(config: TrainConfig) -> DataArrays:
 
 
 def crop_flip(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
-    """Random crops of the zero-padded images and random horizontal flips, on device."""
+    """Random crops of the zero-padded images and random horizontal flips, on device.
+
+    Each image is padded with ``padding`` zeros on every side, cropped back to its size
+    at a uniformly random offset, and flipped left-right with probability ½ (the
+    paper's CIFAR augmentation).
+
+    Args:
+      key: PRNG key of the offsets and flips.
+      images: NHWC images.
+      padding: the zero padding (4 in the paper).
+
+    Returns:
+      The augmented images, the shape of ``images``.
+
+    References:
+      ``docs/deep-relaxation.md`` §3.2.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> images = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1)
+      >>> crop_flip = jax.jit(train.crop_flip, static_argnames="padding")
+      >>> out = crop_flip(jax.random.key(0), images, padding=0)  # flips only
+      >>> out.shape, all(bool(jnp.all((o == x) | (o == x[:, ::-1]))) for o, x in zip(out, images))
+      ((2, 4, 4, 1), True)
+    """
     n, h, w, _ = images.shape
     crop_key, flip_key = jax.random.split(key)
     offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * padding + 1)
@@ -64,6 +132,26 @@ def crop_flip(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
-    """The order of the training set in epoch ``epoch``: a function of (seed, epoch) only."""
+    """The order of the training set in epoch ``epoch``: a function of (seed, epoch) only.
+
+    So a resumed run visits the examples in the same order as an uninterrupted one.
+
+    Args:
+      seed: the run's seed.
+      epoch: the (outer) epoch.
+      n: the number of training examples.
+
+    Returns:
+      A permutation of ``0 … n − 1``, an int32 array.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> perm = train.epoch_permutation(0, 3, 10)
+      >>> sorted(perm.tolist()) == list(range(10))
+      True
+      >>> bool(jnp.all(perm == train.epoch_permutation(0, 3, 10)))
+      True
+    """
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED), epoch)
     return jax.random.permutation(key, n)

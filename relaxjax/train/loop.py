@@ -53,6 +53,27 @@ from relaxjax.train.steps import make_eval_fn, make_statistics_refresh, make_tra
 def init_state(
     config: TrainConfig, model: models_lib.FunctionalModel, tx, sample: jax.Array
 ) -> TrainState:
+    """The state of a run at step 0: the model initialised from ``config.seed``.
+
+    Args:
+      config: the run's configuration (its ``seed``).
+      model: the model (:class:`relaxjax.models.FunctionalModel`).
+      tx: the optimizer, initialised on the model's parameters.
+      sample: a batch of inputs of the data set's shape (one example suffices).
+
+    Returns:
+      The :class:`TrainState` (step 0, zero epoch sums).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> from relaxjax.models import get_model
+      >>> model = get_model("mnistfc", num_classes=2, hidden=8)  # 16-8-8-2
+      >>> tx = train.make_optimizer(train.OptimizerConfig("sgd", lr=0.1), 10)
+      >>> state = train.init_state(train.TrainConfig(), model, tx, jnp.zeros((1, 4, 4, 1)))
+      >>> int(state.step), state.params["Dense_0"]["kernel"].shape, sorted(state.model_state)
+      (0, (16, 8), ['batch_stats'])
+    """
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
     params, model_state = jax.jit(model.init)(init_key, sample)  # one compile, not op by op
     return TrainState(
@@ -139,6 +160,47 @@ def train(
       stop_after_steps: stop (with a checkpoint) after this many outer steps in
         total, as if interrupted; for tests and time-boxed jobs.
       log: where to print messages.
+
+    Returns:
+      All metrics records of the run (``metrics.jsonl``), one per effective epoch
+      (and one at an interruption's last epoch end).
+
+    Raises:
+      ValueError: if the training set is smaller than one outer step's
+        ``batch_size × L`` examples, or if ``--resume`` finds a different saved
+        configuration.
+      FileExistsError: if ``run_dir`` holds a run and ``resume`` is False.
+
+    References:
+      Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5: methods compared at equal
+      effective epochs. ``docs/cli.md`` §1, §2, §3 and §5; ``docs/conventions.md`` §6.
+
+    Example:
+      Two effective epochs of Entropy-SGD (L = 2) on 64 random 4x4 images:
+
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> from relaxjax.models import functional
+      >>> images = jax.random.normal(jax.random.key(0), (64, 4, 4, 1))
+      >>> labels = (images.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
+      >>> flatten = lambda x: x.reshape(len(x), -1)
+      >>> model = functional(nn.Sequential([flatten, nn.Dense(2)]), train_kwarg=None)
+      >>> data = train.DataArrays(images, labels, images[:16], labels[:16], num_classes=2)
+      >>> config = train.TrainConfig(
+      ...     epochs=2,
+      ...     batch_size=8,
+      ...     optimizer=train.OptimizerConfig("entropy-sgd", num_steps=2, gamma=1.0, lr=0.1),
+      ...     eval_batch_size=16,
+      ...     refresh_batches=1,
+      ... )
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as run_dir:  # doctest: +ELLIPSIS
+      ...     records = train.train(config, run_dir, model=model, data=data, progress=False)
+      epoch 1.00  train loss ...  test error ...%
+      epoch 2.00  train loss ...  test error ...%
+      >>> [(r["step"], r["effective_epochs"], r["gradient_evaluations"]) for r in records]
+      [(4, 1.0, 8), (8, 2.0, 16)]
     """
     run_dir = Path(run_dir)
     prepare_run_dir(config, run_dir, resume)
@@ -191,7 +253,7 @@ def train(
             "train_error": train_error,
             "test_loss": test_loss,
             "test_error": test_error,
-            "gamma": float(outer_gamma(config.optimizer, step - 1)),
+            "gamma": outer_gamma(config.optimizer, step - 1),
             "seconds": seconds,
             "examples_per_second": steps_timed * config.batch_size * inner_steps / seconds,
         }
@@ -264,6 +326,55 @@ def run_epochs(
     checkpointed. Ctrl-C (or ``stop_after_steps``) checkpoints mid-epoch: the
     state carries the epoch's running sums, so ``--resume`` is exact. Returns
     all metrics records of the run.
+
+    Args:
+      state: the initial (or restored) state; it has a ``step``.
+      step_fn: ``step_fn(state, perm, step_in_epoch) -> (state, metrics or None)``.
+      epoch_end: ``epoch_end(state, step, seconds, steps_timed) -> (state, record)``.
+      run_dir: the run directory (``metrics.jsonl`` is appended to).
+      manager: the orbax checkpoint manager (closed on return).
+      seed: the seed of the per-epoch permutations (:func:`epoch_permutation`).
+      n_train: the number of training examples.
+      steps_per_epoch: outer steps per effective epoch.
+      total_steps: the run's budget in outer steps.
+      examples_per_step: examples one step consumes, for the progress bar.
+      progress: show a progress bar.
+      stop_after_steps: stop (with a checkpoint) after this many steps in total.
+      log: where to print messages.
+
+    Returns:
+      All metrics records of the run (``metrics.jsonl``).
+
+    References:
+      ``docs/cli.md`` §2-§3 (run directory, resuming).
+
+    Example:
+      A loop whose "step" only counts, two epochs of two steps:
+
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from typing import NamedTuple
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax.train import run_epochs
+      >>> from relaxjax.train.checkpoints import checkpoint_manager
+      >>> class State(NamedTuple):
+      ...     step: jax.Array
+      >>> def step_fn(state, perm, step_in_epoch):
+      ...     return State(state.step + 1), None
+      >>> def epoch_end(state, step, seconds, steps_timed):
+      ...     record = {"step": step, "effective_epochs": step / 2, "train_loss": 0.0}
+      ...     return state, {**record, "test_error": 0.0}
+      >>> with tempfile.TemporaryDirectory() as run_dir:
+      ...     records = run_epochs(
+      ...         State(jnp.int32(0)), step_fn, epoch_end, run_dir=Path(run_dir),
+      ...         manager=checkpoint_manager(Path(run_dir)), seed=0, n_train=8,
+      ...         steps_per_epoch=2, total_steps=4, examples_per_step=2, progress=False,
+      ...         stop_after_steps=None, log=print,
+      ...     )
+      epoch 1.00  train loss 0.0000  test error 0.00%
+      epoch 2.00  train loss 0.0000  test error 0.00%
+      >>> [r["step"] for r in records]
+      [2, 4]
     """
 
     def save(state: Any) -> None:

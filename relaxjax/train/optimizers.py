@@ -27,7 +27,6 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from relaxjax.core.parle import coupling_schedule, parle
@@ -73,6 +72,23 @@ class OptimizerConfig:
       msa_inner_lr: its learning rate (``adam``/``sgd`` only).
       msa_init_noise: half-width of uniform noise on each layer's inner starting point.
       msa_penalty: ``sum`` (the paper's formula) or ``mean`` penalty normalisation.
+
+    Raises:
+      ValueError: for an unknown name, ``replicas < 1``, or ``inner_momentum`` outside
+        [0, 1) or given for a method without an inner SGD.
+
+    References:
+      ``docs/cli.md`` §1.1-§1.2, ``docs/conventions.md`` §1-§4 (γ against the coupling,
+      the noise, the learning rate, α), ``docs/deep-relaxation.md`` §3.3.
+
+    Example:
+      >>> from relaxjax import train
+      >>> train.OptimizerConfig("entropy-sgd", num_steps=20).inner_steps
+      20
+      >>> train.OptimizerConfig("parle", num_steps=20, replicas=3).inner_steps
+      60
+      >>> train.OptimizerConfig("sgd").inner_steps
+      1
     """
 
     name: str = "entropy-sgd"
@@ -134,6 +150,34 @@ def make_optimizer(
     """Builds the named optimizer; ``outer_steps_per_epoch`` converts epochs to steps.
 
     ``mesh`` (``relaxjax.core.mesh.make_mesh``) lays Parle's replicas out on devices.
+
+    Args:
+      config: the optimizer's configuration.
+      outer_steps_per_epoch: outer steps per effective epoch (for the learning-rate
+        milestones, given in effective epochs).
+      seed: the Langevin noise's seed.
+      mesh: a mesh for Parle's replicas, or None.
+
+    Returns:
+      The Optax transform (``relaxjax.Parle`` for ``parle``); its update takes
+      ``grad_fn`` (ignored by ``sgd`` and ``adam``).
+
+    Raises:
+      ValueError: for ``emsa``, which is no Optax transform (``relaxjax.train.emsa``).
+
+    References:
+      ``docs/cli.md`` §1.3 (what an outer step does), ``docs/conventions.md`` §3 (the
+      outer rate ``lr · γ_t`` on the relaxed gradient).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> config = train.OptimizerConfig("hj", num_steps=2, gamma=1.0, lr=0.5)
+      >>> tx = train.make_optimizer(config, outer_steps_per_epoch=10)
+      >>> x = jnp.ones(3)
+      >>> updates, _ = tx.update(x, tx.init(x), x, grad_fn=lambda y, i: y)  # f = ½‖x‖²
+      >>> updates.shape
+      (3,)
     """
     if config.name == "emsa":
         raise ValueError("emsa is not an Optax transformation; train it with relaxjax.train.emsa")
@@ -203,9 +247,24 @@ def _make_parle(config: OptimizerConfig, decay: Callable, seed: int, mesh):
     )
 
 
-def outer_gamma(config: OptimizerConfig, step: int | jax.Array) -> jax.Array:
-    """The scope γ at an outer step (NaN for methods without one), for logging."""
+def outer_gamma(config: OptimizerConfig, step: int | jax.Array) -> float | None:
+    """The scope γ at an outer step, for logging; None for methods without one.
+
+    Args:
+      config: the optimizer configuration.
+      step: the outer step.
+
+    Returns:
+      γ_t as a float (JSON-ready), or None for SGD, Adam and E-MSA.
+
+    Example:
+      >>> from relaxjax.train.optimizers import OptimizerConfig, outer_gamma
+      >>> outer_gamma(OptimizerConfig(name="sgd"), 10) is None
+      True
+      >>> round(outer_gamma(OptimizerConfig(gamma=1.0, scoping=0.5), 1), 4)
+      0.6667
+    """
     if config.name not in RELAXATIONS:
-        return jnp.nan
+        return None
     final = min(config.gamma_min, config.gamma) if config.name == "parle" else None
-    return scoping(config.gamma, config.scoping, final_gamma=final)(step)
+    return float(scoping(config.gamma, config.scoping, final_gamma=final)(step))

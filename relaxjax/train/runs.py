@@ -25,7 +25,29 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a run (``metrics.jsonl``)."""
+    """The per-epoch records of a run (``metrics.jsonl``).
+
+    Args:
+      run_dir: the run directory.
+
+    Returns:
+      One dict per line of ``metrics.jsonl`` (``[]`` if there is none yet).
+
+    References:
+      ``docs/cli.md`` §2 (the run directory).
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> from relaxjax import train
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> train.read_metrics(run_dir)
+      []
+      >>> record = {"step": 10, "test_error": 0.1}
+      >>> _ = (run_dir / "metrics.jsonl").write_text(json.dumps(record))
+      >>> train.read_metrics(run_dir)
+      [{'step': 10, 'test_error': 0.1}]
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
@@ -75,7 +97,27 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
 
 
 def iterate_runs(paths: list[str]) -> Iterator[tuple[str, TrainConfig, list[dict[str, Any]]]]:
-    """(run dir, config, metrics) for each run directory."""
+    """(run dir, config, metrics) for each run directory.
+
+    Args:
+      paths: run directories, each with a ``config.json``.
+
+    Yields:
+      ``(path, TrainConfig, metrics records)`` per directory, in order.
+
+    References:
+      ``docs/cli.md`` §2 and §4 (``relaxjax plot`` reads runs this way).
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> from relaxjax import train
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> config = train.TrainConfig(model="lenet", epochs=1)
+      >>> _ = (run_dir / "config.json").write_text(json.dumps(config.to_json()))
+      >>> [(c.model, m) for _, c, m in train.iterate_runs([str(run_dir)])]
+      [('lenet', [])]
+    """
     for path in paths:
         config = TrainConfig.from_json(json.loads((Path(path) / "config.json").read_text()))
         yield path, config, read_metrics(path)

@@ -39,6 +39,38 @@ def make_train_step(
     their own dropout keys, their statistics discarded (see README). With a
     ``mesh`` every mini-batch is constrained to ``P('data')`` and the new
     state to replicated.
+
+    Args:
+      model: the model (:class:`relaxjax.models.FunctionalModel`).
+      tx: the optimizer (:func:`make_optimizer`); its update takes ``grad_fn``.
+      inner_steps: L, the mini-batches (gradient evaluations) per outer step.
+      batch_size: B.
+      augment: apply :func:`crop_flip` to every mini-batch.
+      mesh: a mesh with a ``'data'`` axis, or None.
+
+    Returns:
+      ``step(state, images, labels, perm, step_in_epoch) -> (state, {"loss", "error"})``,
+      jitted; it donates ``state``. Loss and error are those of mini-batch 0.
+
+    References:
+      ``docs/cli.md`` §1.3 (what an outer step does), ``docs/conventions.md`` §5.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> from relaxjax.models import functional
+      >>> images = jax.random.normal(jax.random.key(0), (64, 4, 4, 1))
+      >>> labels = (images.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
+      >>> flatten = lambda x: x.reshape(len(x), -1)
+      >>> model = functional(nn.Sequential([flatten, nn.Dense(2)]), train_kwarg=None)
+      >>> config = train.OptimizerConfig("entropy-sgd", num_steps=2, gamma=1.0, lr=0.1)
+      >>> tx = train.make_optimizer(config, outer_steps_per_epoch=4)
+      >>> state = train.init_state(train.TrainConfig(), model, tx, images[:1])
+      >>> step = train.make_train_step(model, tx, inner_steps=2, batch_size=8)
+      >>> state, metrics = step(state, images, labels, jnp.arange(64), 0)
+      >>> int(state.step), sorted(metrics)
+      (1, ['error', 'loss'])
     """
 
     def loss_fn(params, model_state, images, labels, dropout_key):
@@ -85,7 +117,34 @@ def make_train_step(
 def make_eval_fn(
     model: models_lib.FunctionalModel, batch_size: int
 ) -> Callable[[Any, Any, jax.Array, jax.Array], tuple[float, float]]:
-    """``evaluate(params, model_state, images, labels) -> (mean loss, error rate)``, eval mode."""
+    """``evaluate(params, model_state, images, labels) -> (mean loss, error rate)``, eval mode.
+
+    The images are evaluated in batches of ``batch_size`` (the last one padded and
+    masked, so one shape compiles).
+
+    Args:
+      model: the model (:class:`relaxjax.models.FunctionalModel`).
+      batch_size: the evaluation batch size.
+
+    Returns:
+      ``evaluate(params, model_state, images, labels) -> (loss, error)``, Python floats:
+      the mean cross-entropy and the error rate.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> from relaxjax.models import functional
+      >>> images = jax.random.normal(jax.random.key(0), (64, 4, 4, 1))
+      >>> labels = (images.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
+      >>> flatten = lambda x: x.reshape(len(x), -1)
+      >>> model = functional(nn.Sequential([flatten, nn.Dense(2)]), train_kwarg=None)
+      >>> params, model_state = model.init(jax.random.key(1), images[:1])
+      >>> evaluate = train.make_eval_fn(model, batch_size=48)
+      >>> loss, error = evaluate(params, model_state, images, labels)
+      >>> loss > 0, 0.0 <= error <= 1.0
+      (True, True)
+    """
 
     @jax.jit
     def batch_sums(params, model_state, images, labels, mask):
@@ -130,6 +189,36 @@ def make_statistics_refresh(
     pass. The batches depend on (seed, step) only, so a resumed run draws the
     same ones. ``model_state`` comes back unchanged when it is empty, when
     the model has no ``feed_statistics`` or when ``num_batches`` is 0.
+
+    Args:
+      model: the model (:class:`relaxjax.models.FunctionalModel`).
+      batch_size: the size of each feeding batch.
+      num_batches: the number of random training batches fed (0: no refresh).
+
+    Returns:
+      ``refresh(params, model_state, images, seed, step) -> model_state``.
+
+    References:
+      ``docs/cli.md`` §1.3; the original code's ``dry_feed``.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp
+      >>> from relaxjax import train
+      >>> from relaxjax.models import functional
+      >>> images = jax.random.normal(jax.random.key(0), (64, 4, 4, 1))
+      >>> labels = (images.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
+      >>> flatten = lambda x: x.reshape(len(x), -1)
+      >>> model = functional(nn.Sequential([flatten, nn.Dense(2)]), train_kwarg=None)
+      >>> from relaxjax.models import get_model
+      >>> model = get_model("mnistfc", num_classes=2, hidden=8)  # with BatchNorm and dropout
+      >>> params, model_state = jax.jit(model.init)(jax.random.key(1), images[:1])
+      >>> refresh = train.make_statistics_refresh(model, batch_size=16, num_batches=2)
+      >>> new_state = refresh(params, model_state, images, 0, 0)
+      >>> before = model_state["batch_stats"]["BatchNorm_0"]["mean"]
+      >>> after = new_state["batch_stats"]["BatchNorm_0"]["mean"]
+      >>> bool(jnp.any(before != after))
+      True
     """
 
     @jax.jit
