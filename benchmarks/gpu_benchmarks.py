@@ -354,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         "--smoke", action="store_true", help="tiny settings on any backend (the test)"
     )
     parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="STEM",
+        choices=[job.stem for job in JOBS],
+        default=None,
+        help="run only these timing benchmarks (by result stem) [all]",
+    )
+    parser.add_argument(
         "--no-timings",
         dest="timings",
         action="store_false",
@@ -405,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.timings:
         torch_skip = torch_skip_reason(args.smoke)
         for job in JOBS:
+            if args.only is not None and job.stem not in args.only:
+                continue
             skip = torch_skip if job.script == "compare_pytorch.py" else None
             rows.append(run_job(job, out_dir, args.smoke, skip))
     if args.cifar_seconds > 0:

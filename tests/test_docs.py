@@ -140,3 +140,21 @@ def test_docs_build_without_warnings(tmp_path):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-5000:]
     assert (tmp_path / "html" / "api.html").exists()
+
+
+def test_readme_and_docstrings_hold_no_dates_or_history():
+    """History goes to CHANGELOG.md: no dates, commit hashes or 'before <date>' in the README,
+    the docs pages or the library's sources."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    date = re.compile(r"\b20\d\d-\d\d-\d\d\b|\bbefore 20\d\d\b|\bcommit [0-9a-f]{7,40}\b")
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    files += sorted((root / "relaxjax").rglob("*.py"))
+    found = [
+        f"{path.relative_to(root)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if date.search(line)
+    ]
+    assert not found, "\n".join(found)

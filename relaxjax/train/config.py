@@ -7,9 +7,11 @@ from typing import Any, NamedTuple
 
 import jax
 
+from relaxjax import data as data_lib
 from relaxjax.train.optimizers import OptimizerConfig
 
-CIFAR = ("cifar10", "cifar100", "cifar10-jpeg")
+CIFAR = tuple(name for name in data_lib.DATASETS if name.startswith("cifar"))
+"""The CIFAR data sets of ``relaxjax.data``: augmented and ZCA-whitened by default."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from relaxjax.train.config import TrainConfig
+from relaxjax.train.config import CIFAR, TrainConfig
 from relaxjax.train.optimizers import OptimizerConfig
 
 __all__ = [
@@ -61,10 +61,6 @@ _OPTIMIZER_FIELDS = {f.name for f in dataclasses.fields(OptimizerConfig)}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"optimizer"}
 
 
-def _is_cifar(dataset: str) -> bool:
-    return dataset.startswith("cifar")
-
-
 def optimizer_preset(
     name: str = "entropy-sgd",
     *,
@@ -94,7 +90,7 @@ def optimizer_preset(
     unknown = set(overrides) - _OPTIMIZER_FIELDS
     if unknown:
         raise TypeError(f"not OptimizerConfig fields: {', '.join(sorted(unknown))}")
-    cifar = _is_cifar(dataset)
+    cifar = dataset in CIFAR
     num_steps = overrides.get("num_steps", 20)
     replicas = overrides.get("replicas", 3) if name == "parle" else 1
     if name == "parle":

@@ -253,3 +253,17 @@ def test_limits_give_every_class_of_a_class_sorted_split():
     assert (y == shuffled[:30]).all() and (x[:, 0] == np.arange(30)).all()
     assert _limited(images, sorted_labels, None)[1] is sorted_labels
     assert len(_limited(images, sorted_labels, 1000)[1]) == 300
+
+
+def test_throughput_counts_the_steps_of_each_window(monkeypatch):
+    """The progress bar's examples per second: steps since the last reading over the time
+    since then (not since the epoch started, and not reset by dispatch)."""
+    from relaxjax.train import loop
+
+    clock = iter([100.0, 102.0, 103.0, 110.0, 110.5])
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    meter = loop.Throughput(examples_per_step=64, start_step=0)  # window opens at t = 100
+    assert meter.update(10) == pytest.approx(10 * 64 / 2.0)  # t = 102
+    assert meter.update(20) == pytest.approx(10 * 64 / 1.0)  # t = 103: only the new window
+    meter.restart(20)  # t = 110: after an evaluation
+    assert meter.update(25) == pytest.approx(5 * 64 / 0.5)  # t = 110.5
