@@ -23,4 +23,4 @@ _spec = importlib.util.spec_from_file_location(
 _tests_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_tests_conftest)
 
-os.environ["XLA_FLAGS"] = _tests_conftest._with_test_flags(os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = _tests_conftest.with_test_flags(os.environ.get("XLA_FLAGS", ""))

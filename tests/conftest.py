@@ -26,12 +26,12 @@ OPTIMIZATION_LEVEL_FLAG = "--xla_backend_optimization_level"
 TEST_XLA_FLAGS = f"{OPTIMIZATION_LEVEL_FLAG}=1"
 
 
-def _with_test_flags(flags: str) -> str:
+def with_test_flags(flags: str) -> str:
     return flags if OPTIMIZATION_LEVEL_FLAG in flags else f"{flags} {TEST_XLA_FLAGS}".strip()
 
 
 # Set when pytest imports this file: before any test module starts a JAX backend.
-os.environ["XLA_FLAGS"] = _with_test_flags(os.environ.get("XLA_FLAGS", ""))
+os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
 
 
 @pytest.fixture

@@ -138,3 +138,47 @@ def test_public_factories_take_options_by_keyword(factory):
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty
     ]
     assert not positional_with_default, f"{factory.__name__}: {positional_with_default}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the relaxjax modules it imports (anywhere in it, lazy imports included); a
+    package is its ``__init__``; ``from p import m`` with ``p.m`` a module imports ``p.m``."""
+    root = REPO / "relaxjax"
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in names.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("relaxjax"):
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    imported.add(child if child in names else node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name.startswith("relaxjax")}
+        graph[name] = {m for m in imported if m in names and m != name}
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    """No module of relaxjax imports itself through others (train ↔ train_parle was one)."""
+    graph = _import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for imported in sorted(graph[module]):
+            if state.get(imported) == 1:
+                cycles.append(" -> ".join([*path[path.index(imported) :], imported]))
+            elif imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert len(graph) > 40 and graph["relaxjax.train.loop"]  # the graph is not empty
+    assert not cycles, "\n".join(cycles)
