@@ -158,3 +158,32 @@ def test_readme_and_docstrings_hold_no_dates_or_history():
         if date.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+# Utilities that implement no equation of the papers, so cite none.
+UTILITIES = {
+    "relaxjax.pde.uniform_grid",
+    "relaxjax.pde.grid_values",
+    "relaxjax.msa.from_pairs",
+    "relaxjax.msa.sequential",
+    "relaxjax.msa.l2_regularizer",
+    "relaxjax.msa.softmax_cross_entropy",
+    "relaxjax.msa.squared_error",
+}
+
+
+@pytest.mark.parametrize(
+    "package", ["relaxjax", "relaxjax.diagnostics", "relaxjax.pde", "relaxjax.msa"]
+)
+def test_functions_implementing_the_papers_cite_them(package):
+    """Every public function of the packages that implement the papers' equations has a
+    ``References:`` section (the paper, and the project's docs page)."""
+    module = importlib.import_module(package)
+    missing = [
+        f"{package}.{name}"
+        for name in module.__all__
+        if inspect.isfunction(getattr(module, name))
+        and f"{package}.{name}" not in UTILITIES
+        and "References:" not in (getattr(module, name).__doc__ or "")
+    ]
+    assert not missing, missing
