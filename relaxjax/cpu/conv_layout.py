@@ -7,8 +7,10 @@ convolution canonical, but only in the entry computation: a convolution
 inside a ``while`` body (``lax.scan``, ``fori_loop``) keeps its layout and is
 emitted as naive loops. The convolution that back-propagates to a conv
 layer's input has its kernel in OIHW-swapped order (``01oi``), so a gradient
-of a conv net inside an inner loop ran 5–20× slower than the same gradient
-outside a loop (JAX issue 12868; measured in ``benchmarks/inner_loop.py``).
+of a conv net inside an inner loop runs slower than the same gradient outside
+a loop (JAX issue 12868). ``python benchmarks/inner_loop.py --models allcnn --L 5
+--candidates default "rolled scan, no"`` times the step with and without the rewrite
+(LeNet no longer shows it: its convolutions are patch matrix products on CPU).
 
 ``with_canonical_convolutions(fn)`` re-evaluates ``fn``'s jaxpr with every
 ``conv_general_dilated`` replaced by transposes to the canonical layout, the
@@ -72,6 +74,16 @@ def _canonical_conv(lhs: jax.Array, rhs: jax.Array, **params: Any) -> jax.Array:
     return out.transpose(inverse)
 
 
+def _inlined(eqn: jex_core.JaxprEqn) -> tuple[jex_core.Jaxpr, Sequence[Any]] | None:
+    """The ``(jaxpr, consts)`` of a nested ``jit`` or call the rewrite inlines, else None."""
+    inner = eqn.params.get(_INLINED.get(eqn.primitive.name, ""))
+    if inner is None:
+        return None
+    if isinstance(inner, jex_core.ClosedJaxpr):
+        return inner.jaxpr, inner.consts
+    return inner, ()
+
+
 def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], *args: Any) -> list[Any]:
     env: dict[Any, Any] = {}
 
@@ -84,15 +96,11 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], *args: Any) -> list[Any]
         env[var] = value
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
+        inlined = _inlined(eqn)
+        if eqn.primitive.name == "conv_general_dilated":
             outvals = [_canonical_conv(*invals, **eqn.params)]
-        elif name in _INLINED and _INLINED[name] in eqn.params:
-            inner = eqn.params[_INLINED[name]]
-            if isinstance(inner, jex_core.ClosedJaxpr):
-                outvals = _eval(inner.jaxpr, inner.consts, *invals)
-            else:
-                outvals = _eval(inner, (), *invals)
+        elif inlined is not None:
+            outvals = _eval(*inlined, *invals)
         else:  # as jax.core.eval_jaxpr does
             with eqn.ctx.manager:
                 outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
@@ -106,10 +114,10 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], *args: Any) -> list[Any]
 def _has_convolution(jaxpr: jex_core.Jaxpr) -> bool:
     """Whether a convolution the rewrite would reach (here or in an inlined call) is present."""
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            return True
-        inner = eqn.params.get(_INLINED.get(eqn.primitive.name, ""))
-        if inner is not None and _has_convolution(getattr(inner, "jaxpr", inner)):
+        inlined = _inlined(eqn)
+        if eqn.primitive.name == "conv_general_dilated" or (
+            inlined is not None and _has_convolution(inlined[0])
+        ):
             return True
     return False
 
@@ -134,7 +142,7 @@ def with_canonical_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
       >>> bool(jnp.allclose(with_canonical_convolutions(conv)(x, k), conv(x, k)))
       True
     """
-    warned = []
+    warned = False
 
     def wrapped(*args: Any) -> Any:
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
@@ -143,8 +151,9 @@ def with_canonical_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             outs = _eval(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
         except Exception as error:  # noqa: BLE001 - any failure: run the user's function as is
+            nonlocal warned
             if not warned:
-                warned.append(True)
+                warned = True
                 warnings.warn(
                     f"relaxjax.cpu.with_canonical_convolutions could not rewrite "
                     f"{getattr(fn, '__name__', fn)!r} ({type(error).__name__}: {error}); it "
