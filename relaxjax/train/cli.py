@@ -105,7 +105,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="Nesterov momentum of the inner steps, kept across outer steps (entropy-sgd, hj; "
         "the authors' PyTorch code: 0.9) [0: plain inner SGD, the papers' algorithm]",
     )
-    p.add_argument("--replicas", type=int, default=3, help="parle: number of replicas n")
+    p.add_argument("--replicas", type=int, default=None, help="parle: number of replicas n [3]")
     p.add_argument(
         "--elastic-rho",
         type=float,
@@ -212,6 +212,7 @@ def config_from_args(args: argparse.Namespace):
         "step_size": args.step_size,
         "noise": None if args.optimizer == "hj" else args.noise,  # HJ is noise-free
         "elastic_rho": args.elastic_rho if parle else None,
+        "replicas": args.replicas,
     }
     optimizer = {k: v for k, v in given.items() if v is not None}
     config = presets.preset(
@@ -225,7 +226,6 @@ def config_from_args(args: argparse.Namespace):
         scoping=args.scoping,
         alpha=args.alpha,
         inner_momentum=args.inner_momentum,
-        replicas=args.replicas,
         elastic_rho_max=args.elastic_rho_max,
         gamma_min=args.gamma_min,
         batch_size=args.batch_size,

@@ -54,6 +54,8 @@ INNER_STEP_SIZE = {"entropy-adam": 1e-3}
 """Inner step sizes η′ other than 0.1."""
 NOISELESS = ("hj", "parle")
 """Methods without Langevin noise by default."""
+PARLE_REPLICAS = 3
+"""Parle's number of replicas n unless ``replicas=`` says otherwise."""
 DEFAULT_MODELS = {"mnist": "mnistfc", "cifar10": "allcnn", "cifar100": "allcnn"}
 """The network each data set trains by default (``cifar10-jpeg`` is ``cifar10``'s)."""
 
@@ -91,8 +93,8 @@ def optimizer_preset(
     if unknown:
         raise TypeError(f"not OptimizerConfig fields: {', '.join(sorted(unknown))}")
     cifar = dataset in CIFAR
-    num_steps = overrides.get("num_steps", 20)
-    replicas = overrides.get("replicas", 3) if name == "parle" else 1
+    num_steps = overrides.get("num_steps", OptimizerConfig.num_steps)
+    replicas = overrides.get("replicas", PARLE_REPLICAS) if name == "parle" else 1
     if name == "parle":
         gamma = PARLE_GAMMA
     else:
@@ -102,11 +104,9 @@ def optimizer_preset(
         "lr": OUTER_LR.get(name, 1.0),
         "lr_milestones": (0.5 * epochs, 0.75 * epochs),
         "weight_decay": 1e-3 if cifar else 0.0,
-        "num_steps": num_steps,
         "gamma": gamma,
         "step_size": INNER_STEP_SIZE.get(name, 0.1),
         "noise": 0.0 if name in NOISELESS else 1e-4,
-        "replicas": replicas,
         "elastic_rho": 0.001 * num_steps * replicas if name == "parle" else 0.0,
     }
     values.update(overrides)
