@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -157,10 +158,8 @@ def run_curves(
                 run=str(run_dir),
             )
         )
-    keys = [(c.model, c.optimizer, c.seed) for c in curves]
-    ambiguous = {
-        (model, optimizer) for model, optimizer, _ in keys if keys.count((model, optimizer, _)) > 1
-    }
+    seeds = Counter((c.model, c.optimizer, c.seed) for c in curves)
+    ambiguous = {(model, optimizer) for (model, optimizer, _), n in seeds.items() if n > 1}
     return [
         c._replace(optimizer=f"{c.optimizer} ({Path(c.run).name})")
         if (c.model, c.optimizer) in ambiguous
