@@ -68,10 +68,18 @@ CANDIDATES = {
 }
 BASELINE = "baseline: L jitted SGD steps"
 SCAN_BASELINE = "reference: the same L SGD steps inside one lax.scan"
-# Timed beside the baseline when a candidate uses flax's dropout masks.
-FLAX_DROPOUT_BASELINE = (
-    "reference baseline: L jitted SGD steps with flax's nn.Dropout masks (dropout_masks='threefry')"
-)
+
+
+def _model_variant(options: dict) -> tuple:
+    """A candidate's network options (``models.get_model``), hashable: () for the default."""
+    return tuple(sorted(options.get("model", {}).items()))
+
+
+def variant_baseline(variant: tuple) -> str:
+    """The label of the SGD baseline timed beside the candidates that change the network."""
+    return "reference baseline: L jitted SGD steps with " + ", ".join(
+        f"{key}={value!r}" for key, value in variant
+    )
 
 
 # Compile-time modes: the transform's default, and what ``relaxjax train`` uses.
@@ -203,18 +211,14 @@ def time_candidates(
         BASELINE: sgd_baseline(grad, params, batches, num_steps),
         SCAN_BASELINE: sgd_scan(grad, params, batches, num_steps),
     }
-    threefry_masks = (("dropout_masks", "threefry"),)
-    if any(options.get("model") == dict(threefry_masks) for options in candidates.values()):
-        flax_params, flax_batches, flax_grad = _problem(name, num_steps, batch_size, threefry_masks)
-        runners[FLAX_DROPOUT_BASELINE] = sgd_baseline(
-            flax_grad, flax_params, flax_batches, num_steps
-        )
+    for variant in sorted({_model_variant(options) for options in candidates.values()} - {()}):
+        v_params, v_batches, v_grad = _problem(name, num_steps, batch_size, variant)
+        runners[variant_baseline(variant)] = sgd_baseline(v_grad, v_params, v_batches, num_steps)
     compile_seconds = {}
     for label, options in candidates.items():
-        options = dict(options)
-        model_options = tuple(sorted(options.pop("model", {}).items()))
-        params, batches, grad = _problem(name, num_steps, batch_size, model_options)
-        tx, step = _relaxation_step(grad, num_steps, **options)
+        params, batches, grad = _problem(name, num_steps, batch_size, _model_variant(options))
+        transform_options = {k: v for k, v in options.items() if k != "model"}
+        tx, step = _relaxation_step(grad, num_steps, **transform_options)
         state = tx.init(params)
         start = time.perf_counter()
         compiled = step.lower(params, state, batches).compile()
