@@ -80,22 +80,30 @@ def _modules(*roots: str) -> list[Path]:
     )
 
 
+def _relaxjax_imports(tree: ast.AST):
+    """``(module, name, bound)`` for every relaxjax import in ``tree``: ``from module import
+    name`` (``name`` the imported name) or ``import module`` (``name`` None), ``bound`` the
+    local name it binds."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("relaxjax"):
+            for alias in node.names:
+                yield node.module, alias.name, alias.asname or alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("relaxjax"):
+                    yield alias.name, None, alias.asname or alias.name.split(".")[0]
+
+
 def _private_uses(path: Path) -> list[str]:
     """``from m import _x`` and ``m._x`` (m a relaxjax module) in one file."""
     tree = ast.parse(path.read_text())
     modules = set()  # local names bound to relaxjax modules
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("relaxjax"):
-            for alias in node.names:
-                if alias.name.startswith("_"):
-                    found.append(f"from {node.module} import {alias.name}")
-                else:
-                    modules.add(alias.asname or alias.name)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("relaxjax"):
-                    modules.add(alias.asname or alias.name.split(".")[0])
+    for module, name, bound in _relaxjax_imports(tree):
+        if name is not None and name.startswith("_"):
+            found.append(f"from {module} import {name}")
+        else:
+            modules.add(bound)
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
@@ -151,13 +159,9 @@ def _import_graph() -> dict[str, set[str]]:
     graph = {}
     for name, path in names.items():
         imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("relaxjax"):
-                for alias in node.names:
-                    child = f"{node.module}.{alias.name}"
-                    imported.add(child if child in names else node.module)
-            elif isinstance(node, ast.Import):
-                imported |= {a.name for a in node.names if a.name.startswith("relaxjax")}
+        for module, imported_name, _ in _relaxjax_imports(ast.parse(path.read_text())):
+            child = module if imported_name is None else f"{module}.{imported_name}"
+            imported.add(child if child in names else module)
         graph[name] = {m for m in imported if m in names and m != name}
     return graph
 
