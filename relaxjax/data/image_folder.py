@@ -5,7 +5,8 @@ without extracting. All image paths must share the same prefix before
 ``<split>/<class>/<file>`` (e.g. ``cifar10-jpeg/`` in
 ``cifar10-jpeg.tar.gz``). Classes are sorted by name unless an explicit class
 list gives their order (for CIFAR-10 sorting gives the standard label order);
-the class set is the union over all splits, so labels agree between splits.
+the class set is the union over all splits, so labels agree between splits, and a
+split lacking a class (or a class folder without images) is refused.
 Within a class, images are ordered by file name, so results do not depend on
 archive order.
 
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".webp"})
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: splits checked to hold every class
 
 
 class LabeledImages(NamedTuple):
@@ -127,10 +128,11 @@ class _Entry(NamedTuple):
 
 def _scan(
     path: Path, decode: Callable[[str], bool], mode: str, wanted: set[str] | None
-) -> tuple[dict[str, list[_Entry]], set[str], set[str]]:
-    """One pass over the tree: decode splits for which ``decode(split)``; collect all names."""
+) -> tuple[dict[str, list[_Entry]], dict[str, set[str]], set[str]]:
+    """One pass over the tree: decode splits for which ``decode(split)``; collect all names
+    (the classes of each split, and of all)."""
     entries: dict[str, list[_Entry]] = {}
-    splits: set[str] = set()
+    splits: dict[str, set[str]] = {}
     classes: set[str] = set()
     prefix: tuple[str, ...] | None = None
 
@@ -145,10 +147,11 @@ def _scan(
             )
         s, c = parts[-3], parts[-2]
         if s not in splits:
-            splits.add(s)
+            splits[s] = set()
             if decode(s):
                 entries[s] = []
         classes.add(c)
+        splits[s].add(c)
         return entries.get(s) if wanted is None or c in wanted else None
 
     if path.is_file():
@@ -164,11 +167,36 @@ def _scan(
                 out.append(_Entry(parts[-2], parts[-1], _decode(p.read_bytes(), str(p), mode)))
     else:
         raise DataError(f"{path}: no such image folder or archive")
+    if path.is_dir() and prefix is not None:  # class folders without a single image
+        for s in splits:
+            split_dir = path.joinpath(*prefix, s)
+            for folder in sorted(split_dir.iterdir()):
+                if folder.is_dir() and not folder.name.startswith("."):
+                    if folder.name not in splits[s] and (wanted is None or folder.name in wanted):
+                        raise DataError(
+                            f"{path}: class folder {s}/{folder.name} holds no images; remove it "
+                            "or fill it (every class needs images in every split)"
+                        )
     return entries, splits, classes
 
 
+def _check_classes(path: Path, split: str, splits: dict[str, set[str]], classes) -> None:
+    """Refuses a split that lacks classes the other splits (or the class list) have."""
+    missing = [c for c in classes if c not in splits.get(split, set())]
+    if missing and split in splits:
+        raise DataError(
+            f"{path}: split {split!r} has no images of class(es) {missing}, which "
+            f"{'the other splits have' if len(splits) > 1 else 'the class list names'}; every "
+            "split needs every class, or its labels would not mean the same"
+        )
+
+
 def _assemble(
-    path: Path, split: str, entries: list[_Entry], splits: set[str], classes: tuple[str, ...]
+    path: Path,
+    split: str,
+    entries: list[_Entry],
+    splits: dict[str, set[str]],
+    classes: tuple[str, ...],
 ) -> LabeledImages:
     if not entries:
         raise DataError(
@@ -246,7 +274,8 @@ def read_image_folder(
 
     Raises:
       DataError: a missing or corrupt tree, images of different sizes, absent class
-        folders, no images for the split, or a SHA-256 mismatch.
+        folders, a class folder without images, a split lacking classes that the other
+        splits (or ``classes``) have, no images for the split, or a SHA-256 mismatch.
       ValueError: duplicate class names.
 
     Example:
@@ -292,11 +321,12 @@ def read_image_folder(
         if absent:
             raise DataError(f"{path}: no class folder(s) {absent} (found: {sorted(found)})")
     order = classes or tuple(sorted(found))
+    _check_classes(path, split, splits, order)
     result = _assemble(path, split, entries.pop(split, []), splits, order)
     if use_cache:
         _save_cache(_cache_path(root, path, digest, split, classes, mode), result)
         for s, ents in entries.items():
-            if ents:
+            if ents and not set(order) - splits[s]:  # a split lacking classes raises when read
                 _save_cache(
                     _cache_path(root, path, digest, s, classes, mode),
                     _assemble(path, s, ents, splits, order),

@@ -4,12 +4,164 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from relaxjax.train.optimizers import OPTIMIZERS, RELAXATIONS, OptimizerConfig
+from relaxjax.train.optimizers import (
+    INNER_SGD_RELAXATIONS,
+    OPTIMIZERS,
+    RELAXATIONS,
+    OptimizerConfig,
+)
+
+EXIT_DIVERGED = 1
+"""Exit status of ``relaxjax train`` when the loss or the state became non-finite."""
+EXIT_ERROR = 2
+"""Exit status of a bad command line, missing data or a run directory that cannot be used."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: MESSAGE``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Number:
+    """An argparse ``type`` for numeric options: an int or a finite float within bounds.
+
+    Args:
+      kind: ``int`` or ``float``.
+      low: the smallest value allowed (None: no bound).
+      high: the largest value allowed (None: no bound).
+      low_open: exclude ``low`` itself.
+      high_open: exclude ``high`` itself.
+
+    Example:
+      >>> from relaxjax.train.cli import Number
+      >>> positive = Number(float, 0, low_open=True)
+      >>> positive("0.5"), positive.accepts("0"), positive.accepts("nan")
+      (0.5, False, False)
+      >>> positive.description
+      'a finite number > 0'
+    """
+
+    def __init__(self, kind=float, low=None, high=None, *, low_open=False, high_open=False):
+        self.kind, self.low, self.high = kind, low, high
+        self.low_open, self.high_open = low_open, high_open
+        what = "an integer" if kind is int else "a finite number"
+        if low is not None and high is not None:
+            brackets = ("(" if low_open else "[", ")" if high_open else "]")
+            self.description = f"{what} in {brackets[0]}{low:g}, {high:g}{brackets[1]}"
+        elif low is not None:
+            self.description = f"{what} {'>' if low_open else '>='} {low:g}"
+        else:
+            self.description = what
+        self.__name__ = self.description  # argparse names the type in some messages
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {self.description}, got {text!r}") from None
+        bad = (
+            (self.kind is float and not math.isfinite(value))
+            or (
+                self.low is not None and (value < self.low or (self.low_open and value == self.low))
+            )
+            or (
+                self.high is not None
+                and (value > self.high or (self.high_open and value == self.high))
+            )
+        )
+        if bad:
+            raise argparse.ArgumentTypeError(f"expected {self.description}, got {text!r}")
+        return value
+
+    def accepts(self, text: str) -> bool:
+        """Whether ``text`` is a valid value."""
+        try:
+            self(text)
+        except argparse.ArgumentTypeError:
+            return False
+        return True
+
+
+POSITIVE = Number(float, 0, low_open=True)
+NON_NEGATIVE = Number(float, 0)
+FRACTION = Number(float, 0, 1, high_open=True)  # momenta, running-average weight
+COUNT = Number(int, 1)
+INT_NON_NEGATIVE = Number(int, 0)
+SEED = Number(int, 0, 2**32 - 1)
+
+FLAG_FIELDS = {
+    # dest -> TrainConfig field; "optimizer.X" for OptimizerConfig fields
+    "model": "model",
+    "dataset": "dataset",
+    "optimizer": "optimizer.name",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "optimizer.lr",
+    "lr_decay": "optimizer.lr_decay",
+    "lr_milestones": "optimizer.lr_milestones",
+    "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay",
+    "num_steps": "optimizer.num_steps",
+    "gamma": "optimizer.gamma",
+    "scoping": "optimizer.scoping",
+    "step_size": "optimizer.step_size",
+    "noise": "optimizer.noise",
+    "alpha": "optimizer.alpha",
+    "inner_momentum": "optimizer.inner_momentum",
+    "replicas": "optimizer.replicas",
+    "elastic_rho": "optimizer.elastic_rho",
+    "elastic_rho_max": "optimizer.elastic_rho_max",
+    "gamma_min": "optimizer.gamma_min",
+    "devices": "devices",
+    "seed": "seed",
+    "augment": "augment",
+    "zca": "zca",
+    "data_dir": "data_dir",
+    "train_limit": "train_limit",
+    "test_limit": "test_limit",
+    "refresh_batches": "refresh_batches",
+    "rho": "optimizer.msa_rho",
+    "inner_steps": "optimizer.msa_inner_steps",
+    "msa_inner_optimizer": "optimizer.msa_inner_optimizer",
+    "msa_inner_lr": "optimizer.msa_inner_lr",
+    "msa_init_noise": "optimizer.msa_init_noise",
+    "msa_penalty": "optimizer.msa_penalty",
+}
+"""The configuration field each option of ``relaxjax train`` sets (the others, such as
+``--run-dir``, ``--resume`` and ``--no-progress``, are not part of the run)."""
+
+_GRADIENT_METHODS = tuple(name for name in OPTIMIZERS if name != "emsa")
+FLAG_OPTIMIZERS = {
+    "lr": _GRADIENT_METHODS,
+    "lr_decay": _GRADIENT_METHODS,
+    "lr_milestones": _GRADIENT_METHODS,
+    "momentum": tuple(name for name in _GRADIENT_METHODS if name != "adam"),
+    "num_steps": RELAXATIONS,
+    "gamma": RELAXATIONS,
+    "scoping": RELAXATIONS,
+    "step_size": RELAXATIONS,
+    "alpha": RELAXATIONS,
+    "noise": tuple(name for name in RELAXATIONS if name != "hj"),
+    "inner_momentum": INNER_SGD_RELAXATIONS,
+    "replicas": ("parle",),
+    "elastic_rho": ("parle",),
+    "elastic_rho_max": ("parle",),
+    "gamma_min": ("parle",),
+    **dict.fromkeys(
+        ("rho", "inner_steps", "msa_inner_optimizer", "msa_inner_lr", "msa_init_noise"), ("emsa",)
+    ),
+    "msa_penalty": ("emsa",),
+}
+"""The optimizers that use each optimizer-specific option; giving one to another
+optimizer is an error (it would be ignored)."""
 
 
 def model_names() -> tuple[str, ...]:
@@ -53,76 +205,81 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", choices=dataset_names(), default="mnist")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="entropy-sgd")
-    p.add_argument("--epochs", type=float, default=None, help="effective epochs [5]")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="effective epochs [5]")
+    p.add_argument("--batch-size", type=COUNT, default=128)
     p.add_argument(
         "--lr",
-        type=float,
+        type=POSITIVE,
         default=None,
         help="outer learning rate [sgd 0.1, adam 1e-3, relaxations 1.0 on x - mu, "
         "i.e. lr*gamma on the relaxed gradient (x - mu)/gamma]",
     )
-    p.add_argument("--lr-decay", type=float, default=0.2, help="factor at each milestone")
+    p.add_argument("--lr-decay", type=POSITIVE, default=0.2, help="factor at each milestone")
     p.add_argument(
         "--lr-milestones",
-        type=float,
+        type=NON_NEGATIVE,
         nargs="*",
         default=None,
         help="effective epochs at which lr is multiplied by --lr-decay [50%% and 75%% of --epochs]",
     )
-    p.add_argument("--momentum", type=float, default=0.9, help="outer Nesterov momentum")
+    p.add_argument("--momentum", type=FRACTION, default=0.9, help="outer Nesterov momentum")
     p.add_argument(
-        "--weight-decay", type=float, default=None, help="L2 coefficient [MNIST 0, CIFAR 1e-3]"
+        "--weight-decay",
+        type=NON_NEGATIVE,
+        default=None,
+        help="L2 coefficient [MNIST 0, CIFAR 1e-3]",
     )
-    p.add_argument("-L", "--num-steps", type=int, default=20, help="inner steps L")
+    p.add_argument("-L", "--num-steps", type=COUNT, default=20, help="inner steps L")
     p.add_argument(
         "--gamma",
-        type=float,
+        type=POSITIVE,
         default=None,
         help="initial scope gamma_0 (PDE time) = 1/coupling of the original code "
         "[MNIST 1e4, CIFAR 1/0.03]",
     )
     p.add_argument(
         "--scoping",
-        type=float,
+        type=NON_NEGATIVE,
         default=1e-3,
         help="coupling growth per outer step: gamma_t = gamma_0 (1 + scoping)^-t",
     )
     p.add_argument(
-        "--step-size", type=float, default=None, help="inner step eta' [0.1; entropy-adam 1e-3]"
+        "--step-size", type=POSITIVE, default=None, help="inner step eta' [0.1; entropy-adam 1e-3]"
     )
     p.add_argument(
         "--noise",
-        type=float,
+        type=NON_NEGATIVE,
         default=None,
         help="Langevin noise (temperature noise^2) [1e-4; hj and parle 0]",
     )
-    p.add_argument("--alpha", type=float, default=0.75, help="running-average weight")
+    p.add_argument("--alpha", type=FRACTION, default=0.75, help="running-average weight")
     p.add_argument(
         "--inner-momentum",
-        type=float,
+        type=FRACTION,
         default=0.0,
         help="Nesterov momentum of the inner steps, kept across outer steps (entropy-sgd, hj; "
         "the authors' PyTorch code: 0.9) [0: plain inner SGD, the papers' algorithm]",
     )
-    p.add_argument("--replicas", type=int, default=None, help="parle: number of replicas n [3]")
+    p.add_argument("--replicas", type=COUNT, default=None, help="parle: number of replicas n [3]")
     p.add_argument(
         "--elastic-rho",
-        type=float,
+        type=NON_NEGATIVE,
         default=None,
         help="parle: initial elastic coupling rho_0 on x - x_ref, grown like the inner "
         "coupling by --scoping [0.001 * L * replicas]",
     )
-    p.add_argument("--elastic-rho-max", type=float, default=1.0, help="parle: cap on rho")
-    p.add_argument("--gamma-min", type=float, default=1.0, help="parle: floor on the scope gamma")
+    p.add_argument("--elastic-rho-max", type=NON_NEGATIVE, default=1.0, help="parle: cap on rho")
+    p.add_argument(
+        "--gamma-min", type=POSITIVE, default=1.0, help="parle: floor on the scope gamma"
+    )
     p.add_argument(
         "--devices",
-        type=int,
+        type=COUNT,
         default=None,
         help="run on a mesh of the first N devices: batches split over them (data "
         "parallel), parle replicas on their own devices [unsharded, default device]",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument(
         "--augment", action=argparse.BooleanOptionalAction, default=None, help="[CIFAR only]"
     )
@@ -136,12 +293,17 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "a download) [../shared/data beside a checkout, if present]",
     )
     p.add_argument("--run-dir", default=None, help="[runs/DATASET-MODEL-OPTIMIZER-sSEED]")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--train-limit", type=int, default=None, help="use the first N examples")
-    p.add_argument("--test-limit", type=int, default=None, help="use the first N test examples")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir with its saved configuration; an option given "
+        "must equal the saved setting, except --epochs and --data-dir",
+    )
+    p.add_argument("--train-limit", type=COUNT, default=None, help="use the first N examples")
+    p.add_argument("--test-limit", type=COUNT, default=None, help="use the first N test examples")
     p.add_argument(
         "--refresh-batches",
-        type=int,
+        type=INT_NON_NEGATIVE,
         default=50,
         help="re-estimate BatchNorm statistics from N training batches with dropout off before "
         "each evaluation, as the original code does (0: off)",
@@ -158,12 +320,12 @@ def _emsa_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--rho",
-        type=float,
+        type=NON_NEGATIVE,
         default=0.03,
         help="penalty rho of the augmented Hamiltonian, 0 = basic MSA [the authors' MNIST code]",
     )
     g.add_argument(
-        "--inner-steps", type=int, default=10, help="inner iterations per layer (paper: 10)"
+        "--inner-steps", type=COUNT, default=10, help="inner iterations per layer (paper: 10)"
     )
     g.add_argument(
         "--msa-inner-optimizer",
@@ -171,9 +333,9 @@ def _emsa_arguments(p: argparse.ArgumentParser) -> None:
         default="lbfgs",
         help="per-layer Hamiltonian maximiser (paper: L-BFGS)",
     )
-    g.add_argument("--msa-inner-lr", type=float, default=0.01, help="inner adam/sgd rate")
+    g.add_argument("--msa-inner-lr", type=POSITIVE, default=0.01, help="inner adam/sgd rate")
     g.add_argument(
-        "--msa-init-noise", type=float, default=0.0, help="U(-a, a) noise on inner starts"
+        "--msa-init-noise", type=NON_NEGATIVE, default=0.0, help="U(-a, a) noise on inner starts"
     )
     g.add_argument(
         "--msa-penalty",
@@ -242,29 +404,183 @@ def config_from_args(args: argparse.Namespace):
     return dataclasses.replace(config, optimizer=_with_emsa(config.optimizer, args))
 
 
+def _option(dest: str) -> str:
+    """The long option string of ``dest`` (``num_steps`` -> ``--num-steps``)."""
+    return "--" + dest.replace("_", "-")
+
+
+def _field(config, path: str):
+    value = config
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def check_options(optimizer: str, given: set[str], args: argparse.Namespace) -> None:
+    """Refuses options that ``optimizer`` would ignore (``FLAG_OPTIMIZERS``).
+
+    Args:
+      optimizer: the run's optimizer.
+      given: the options given on the command line (their ``dest`` names).
+      args: the parsed arguments.
+
+    Raises:
+      ValueError: naming the first option given that ``optimizer`` ignores.
+
+    Example:
+      >>> from relaxjax.train import cli
+      >>> args = cli.build_parser().parse_args(["train", "--inner-steps", "3"])
+      >>> cli.check_options("entropy-sgd", {"inner_steps"}, args)
+      Traceback (most recent call last):
+      ...
+      ValueError: --inner-steps applies to --optimizer emsa only; entropy-sgd would ignore it
+    """
+    for dest in sorted(given):
+        users = FLAG_OPTIMIZERS.get(dest)
+        if users is not None and optimizer not in users:
+            raise ValueError(
+                f"{_option(dest)} applies to --optimizer {', '.join(users)} only; {optimizer} "
+                "would ignore it"
+            )
+    if optimizer == "emsa" and "msa_inner_lr" in given and args.msa_inner_optimizer == "lbfgs":
+        raise ValueError(
+            "--msa-inner-lr is the rate of --msa-inner-optimizer adam or sgd; lbfgs would ignore it"
+        )
+
+
+def resumed_config(args: argparse.Namespace, given: set[str], saved):
+    """The configuration of ``--resume``: the saved one, with the options given checked.
+
+    Options not given are taken from the run's ``config.json``; a given option must
+    equal the saved setting, except ``--epochs`` (the budget) and ``--data-dir``,
+    which change it.
+
+    Args:
+      args: the parsed ``train`` arguments.
+      given: the options given on the command line (their ``dest`` names).
+      saved: the run's saved ``TrainConfig``.
+
+    Returns:
+      The ``TrainConfig`` to continue with.
+
+    Raises:
+      ValueError: listing every given option that differs from the saved run.
+
+    Example:
+      >>> from relaxjax.train import cli, presets
+      >>> saved = presets.mnist("hj", model="lenet", epochs=3)
+      >>> args = cli.build_parser().parse_args(["train", "--epochs", "6"])
+      >>> config = cli.resumed_config(args, {"epochs"}, saved)
+      >>> config.model, config.optimizer.name, config.epochs, config.optimizer.lr_milestones
+      ('lenet', 'hj', 6.0, (1.5, 2.25))
+    """
+    from relaxjax.train.runs import CHANGEABLE_ON_RESUME
+
+    namespace = argparse.Namespace(**vars(args))
+    for dest in ("model", "dataset", "optimizer"):
+        if dest not in given:
+            setattr(namespace, dest, _field(saved, FLAG_FIELDS[dest]))
+    candidate = config_from_args(namespace)
+    changes, differences = {}, []
+    for dest in sorted(given):
+        path = FLAG_FIELDS.get(dest)
+        if path is None:
+            continue
+        new, old = _field(candidate, path), _field(saved, path)
+        if new == old:
+            continue
+        if path in CHANGEABLE_ON_RESUME:
+            changes[path] = new
+        else:
+            differences.append(f"{_option(dest)} {new!r} (saved: {old!r})")
+    if differences:
+        raise ValueError(
+            "--resume continues the saved run, whose configuration these options would change "
+            f"(only --epochs and --data-dir may): {'; '.join(differences)}; leave them out"
+        )
+    return dataclasses.replace(saved, **changes)
+
+
 def _train(args: argparse.Namespace) -> int:
-    from relaxjax.data import DataError
+    given = getattr(args, "given", set())
+    run_dir = args.run_dir
+    try:
+        if args.resume:
+            from relaxjax.train.runs import read_config
+
+            if run_dir is None:
+                run_dir = _default_run_dir(config_from_args(args))
+            if not (Path(run_dir) / "config.json").exists():
+                raise ValueError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+            config = resumed_config(args, given, read_config(Path(run_dir)))
+        else:
+            config = config_from_args(args)
+        check_options(config.optimizer.name, given, args)
+    except ValueError as error:
+        return _error(error)
+    run_dir = run_dir or _default_run_dir(config)
+    from relaxjax.train.emsa import handles
+    from relaxjax.train.emsa import run as train_emsa_or_msa_model
+
+    train = train_emsa_or_msa_model if handles(config) else _plain_train()
+    opt = config.optimizer
+    print(
+        f"relaxjax train: {config.model} on {config.dataset} with {opt.name}"
+        f" ({'L=' + str(opt.num_steps) if opt.name in RELAXATIONS else ''}"
+        f"{f' x {opt.replicas} replicas' if opt.name == 'parle' else ''}"
+        f" {config.epochs:g} effective epochs) -> {run_dir}"
+        f"{' (resumed)' if args.resume else ''}"
+    )
+    return _run(train, config, run_dir, args)
+
+
+def _plain_train():
     from relaxjax.train import train
 
-    config = config_from_args(args)
-    from relaxjax.train.emsa import EMSA_MODELS
+    return train
 
-    if config.optimizer.name == "emsa" or config.model in EMSA_MODELS:
-        from relaxjax.train.emsa import run as train  # E-MSA, or a layer-sequence model
-    run_dir = args.run_dir or os.path.join(
+
+def _default_run_dir(config) -> str:
+    return os.path.join(
         "runs", f"{config.dataset}-{config.model}-{config.optimizer.name}-s{config.seed}"
     )
-    print(
-        f"relaxjax train: {config.model} on {config.dataset} with {config.optimizer.name}"
-        f" ({'L=' + str(config.optimizer.num_steps) if args.optimizer in RELAXATIONS else ''}"
-        f"{f' x {config.optimizer.replicas} replicas' if args.optimizer == 'parle' else ''}"
-        f" {config.epochs:g} effective epochs) -> {run_dir}"
-    )
+
+
+def _error(error: BaseException, status: int = EXIT_ERROR) -> int:
+    message = str(error).strip().replace("\n", " ") or type(error).__name__
+    print(f"relaxjax train: error: {message}", file=sys.stderr)
+    return status
+
+
+def _run(train, config, run_dir: str, args: argparse.Namespace) -> int:
+    """Runs ``train`` and turns every outcome into a message and an exit status."""
+    from relaxjax.data import DataError
+    from relaxjax.train.loop import TrainingDiverged, TrainingInterrupted
+
     try:
         metrics = train(config, run_dir, resume=args.resume, progress=not args.no_progress)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"relaxjax train: error: {error}", file=sys.stderr)
-        return 2
+    except TrainingInterrupted as stop:
+        return 128 + stop.signum  # the loop said where it stopped and how to continue
+    except KeyboardInterrupt:
+        print(
+            f"relaxjax train: stopped at once; {run_dir} keeps its last checkpoint (continue "
+            "with --resume), or nothing if the run had not started",
+            file=sys.stderr,
+        )
+        return 130
+    except TrainingDiverged as error:
+        return _error(error, EXIT_DIVERGED)
+    except (DataError, ValueError, OSError) as error:
+        return _error(error)
+    except Exception as error:  # a bug: one line, the traceback on request
+        if os.environ.get("RELAXJAX_TRACEBACK"):
+            raise
+        return _error(
+            RuntimeError(
+                f"unexpected {type(error).__name__}: {error} (set RELAXJAX_TRACEBACK=1 for the "
+                "traceback, and please report it)"
+            )
+        )
     if metrics:
         last = metrics[-1]
         print(
@@ -300,32 +616,85 @@ def _plot(args: argparse.Namespace) -> int:
         if not (Path(run_dir) / "metrics.jsonl").exists():
             print(f"relaxjax plot: error: {run_dir} has no metrics.jsonl", file=sys.stderr)
             return 2
-    plot_runs(iterate_runs(args.run_dirs), output=args.output, metric=args.metric)
+    try:
+        runs = list(iterate_runs(args.run_dirs))
+    except ValueError as error:
+        print(f"relaxjax plot: error: {error}", file=sys.stderr)
+        return 2
+    plot_runs(runs, output=args.output, metric=args.metric)
     print(f"wrote {args.output}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``relaxjax`` argument parser (sub-commands ``train`` and ``plot``)."""
-    parser = argparse.ArgumentParser(
-        prog="relaxjax", description="PDE-based relaxation optimizers for JAX."
-    )
+    """The ``relaxjax`` argument parser (sub-commands ``train`` and ``plot``).
+
+    Returns:
+      The parser; its errors are one line (``relaxjax train: error: ...``), exit status 2.
+
+    Example:
+      >>> from relaxjax.train import cli
+      >>> cli.build_parser().parse_args(["train", "--epochs", "2"]).epochs
+      2.0
+    """
+    parser = _Parser(prog="relaxjax", description="PDE-based relaxation optimizers for JAX.")
     sub = parser.add_subparsers(dest="name", metavar="COMMAND")
     _train_parser(sub)
     _plot_parser(sub)
     return parser
 
 
+def given_options(argv: Sequence[str]) -> set[str]:
+    """The options of a ``relaxjax train`` command line that were given (``dest`` names).
+
+    Args:
+      argv: the command line, without the program name.
+
+    Returns:
+      The ``dest`` of every option given, whatever its value.
+
+    Example:
+      >>> from relaxjax.train import cli
+      >>> sorted(cli.given_options(["train", "--epochs", "2", "-L", "5", "--resume"]))
+      ['epochs', 'num_steps', 'resume']
+    """
+    parser = build_parser()
+    for action in parser._subparsers._group_actions[0].choices["train"]._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"name", "command"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``relaxjax`` command; returns the exit status."""
+    """Entry point of the ``relaxjax`` command; returns the exit status.
+
+    Args:
+      argv: the command line without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+      0 when done; 1 when training diverged; 2 for a bad command line, missing data or a
+      run directory that cannot be used; 128 + the signal's number when a signal stopped
+      the run (130 for Ctrl-C), its state checkpointed.
+
+    Example:
+      >>> from relaxjax.train import cli
+      >>> cli.main(["train", "--epochs", "0"])
+      2
+    """
     from relaxjax.cpu.xla_flags import apply_cpu_settings
 
     apply_cpu_settings()  # before any JAX computation starts the backend
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse's --help (0) or a usage error (2)
+        return stop.code if isinstance(stop.code, int) else EXIT_ERROR
     if not hasattr(args, "command"):
         parser.print_help()
         return 2
+    if args.name == "train":
+        args.given = given_options(argv)
     return args.command(args)
 
 

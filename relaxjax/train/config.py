@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -45,7 +46,8 @@ class TrainConfig:
         model state are unaffected.
 
     Raises:
-      ValueError: for ``epochs <= 0``, ``batch_size < 1`` or ``refresh_batches < 0``.
+      ValueError: for ``epochs <= 0``, ``batch_size < 1``, ``refresh_batches < 0``,
+        ``optimizer.num_steps < 1`` or a non-finite number.
 
     References:
       ``docs/cli.md`` §1.2 (the options of ``relaxjax train`` and their defaults),
@@ -76,8 +78,16 @@ class TrainConfig:
     refresh_batches: int = 50
 
     def __post_init__(self):
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs}")
+        for field in dataclasses.fields(self.optimizer):
+            value = getattr(self.optimizer, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"optimizer.{field.name} must be finite, got {value}")
+        if any(not math.isfinite(m) for m in self.optimizer.lr_milestones):
+            raise ValueError(f"lr_milestones must be finite, got {self.optimizer.lr_milestones}")
+        if self.optimizer.num_steps < 1:
+            raise ValueError(f"num_steps (L) must be >= 1, got {self.optimizer.num_steps}")
         if self.refresh_batches < 0:
             raise ValueError(f"refresh_batches must be >= 0, got {self.refresh_batches}")
         if self.batch_size < 1:

@@ -64,8 +64,7 @@ import optax
 from relaxjax import msa
 from relaxjax.cpu.conv_layout import with_canonical_convolutions
 from relaxjax.models import FunctionalModel
-from relaxjax.train import checkpoints, inputs, loop, runs, steps
-from relaxjax.train.checkpoints import checkpoint_manager
+from relaxjax.train import inputs, loop, runs, steps
 from relaxjax.train.config import DataArrays, TrainConfig, TrainState
 
 __all__ = [
@@ -367,7 +366,7 @@ def train_emsa(
     check_emsa_config(config)
     opt = make_emsa(config, canonical_convolutions=canonical_convolutions)  # validates ρ etc.
     run_dir = Path(run_dir)
-    runs.prepare_run_dir(config, run_dir, resume)
+    runs.check_run_dir(config, run_dir, resume)  # before anything is loaded or written
     data = data if data is not None else inputs.load_data(config)
     n_train = len(data.train_labels)
     steps_per_epoch = n_train // config.batch_size
@@ -381,8 +380,6 @@ def train_emsa(
     # Committed to the device like restored checkpoints, so that a run resumed in the same
     # process reuses the compiled maximisation.
     state = jax.device_put(_initial_state(config, model, data.train_images[:1]), jax.devices()[0])
-    manager = checkpoint_manager(run_dir)
-    state = checkpoints.restore_latest(manager, state, resume, run_dir, total_steps, log)
     step_fn = _make_step(config, opt, data.num_classes)
     batch_fn = _make_batch_fn(config.batch_size)
     evaluate = steps.make_eval_fn(model, config.eval_batch_size)
@@ -396,21 +393,23 @@ def train_emsa(
             config, state, step, steps_per_epoch, seconds, steps_timed, evaluate, data
         )
 
-    return loop.run_epochs(
-        state,
-        one_step,
-        epoch_end,
-        run_dir=run_dir,
-        manager=manager,
-        seed=config.seed,
-        n_train=n_train,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        examples_per_step=config.batch_size,
-        progress=progress,
-        stop_after_steps=stop_after_steps,
-        log=log,
-    )
+    with runs.run_lock(run_dir):
+        state, run_checkpoints = loop.open_run(config, run_dir, state, resume, total_steps, log)
+        return loop.run_epochs(
+            state,
+            one_step,
+            epoch_end,
+            run_dir=run_dir,
+            checkpoints=run_checkpoints,
+            seed=config.seed,
+            n_train=n_train,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            examples_per_step=config.batch_size,
+            progress=progress,
+            stop_after_steps=stop_after_steps,
+            log=log,
+        )
 
 
 def _epoch_record(
@@ -427,6 +426,7 @@ def _epoch_record(
     steps_in_epoch = step - (step - 1) // steps_per_epoch * steps_per_epoch
     means = dict(zip(_SUMS, (np.asarray(state.epoch_sums) / steps_in_epoch).tolist(), strict=True))
     state = state._replace(epoch_sums=jnp.zeros_like(state.epoch_sums))
+    runs.fault_point("evaluation", step)
     test_loss, test_error = evaluate(
         state.params, state.model_state, data.test_images, data.test_labels
     )

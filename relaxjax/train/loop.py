@@ -11,7 +11,10 @@ mini-batches from a per-epoch permutation inside the jitted step (and
 augments them there), so the host never feeds batches. The permutation of
 epoch e is a function of (seed, e) and every random key of step t a function
 of the state, so a run resumed from a checkpoint continues exactly as the
-uninterrupted run.
+uninterrupted run. Checkpoints are verified by SHA-256 when restored, with a
+fallback to the newest intact one (``relaxjax.train.checkpoints``); SIGINT and
+SIGTERM are deferred to the next safe point of the loop, so an interruption at any
+moment loses no finished step and corrupts nothing.
 
 With ``devices=N`` (``relaxjax train --devices N``) the step runs on a mesh of
 the first N devices (``relaxjax.core.mesh``): the data set is replicated on every
@@ -24,8 +27,10 @@ and the step is exactly the single-device one. ``--optimizer parle`` (see
 
 from __future__ import annotations
 
-import json
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,17 +39,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from relaxjax import models as models_lib
 from relaxjax.core.mesh import DATA_AXIS, make_mesh, place
 from relaxjax.train import parle_steps
-from relaxjax.train.checkpoints import checkpoint_manager, restore_latest
+from relaxjax.train.checkpoints import Checkpoints, all_finite
 from relaxjax.train.config import DataArrays, TrainConfig, TrainState
 from relaxjax.train.inputs import epoch_permutation, load_data
 from relaxjax.train.optimizers import make_optimizer, outer_gamma
-from relaxjax.train.runs import prepare_run_dir, read_metrics
+from relaxjax.train.runs import (
+    RunDirError,
+    append_metrics,
+    check_run_dir,
+    fault_point,
+    read_metrics,
+    reconcile_metrics,
+    run_lock,
+    write_json_atomic,
+)
 from relaxjax.train.steps import make_eval_fn, make_statistics_refresh, make_train_step
 
 # --------------------------------------------------------------------------- the loop
@@ -145,31 +158,38 @@ def train(
     """Trains ``config`` into ``run_dir`` and returns the per-epoch metrics.
 
     Writes ``config.json``, ``metrics.jsonl`` (one JSON record per effective
-    epoch) and orbax checkpoints (``checkpoints/``, written atomically at every
-    epoch end and on Ctrl-C). With ``resume=True`` it continues from the latest
-    checkpoint exactly as an uninterrupted run would.
+    epoch) and checkpoints (``checkpoints/``, see :mod:`relaxjax.train.checkpoints`:
+    written atomically and verified by SHA-256) at every epoch end and when a
+    signal (Ctrl-C, SIGTERM) stops the run. With ``resume=True`` it continues from the
+    newest intact checkpoint exactly as an uninterrupted run would. Nothing is written
+    before the data are loaded and the model is built.
 
     Args:
       config: the run's configuration.
       run_dir: the run directory.
-      resume: continue from the latest checkpoint in ``run_dir``.
+      resume: continue from the newest intact checkpoint in ``run_dir``.
       model: a ``relaxjax.models.FunctionalModel`` to train instead of
         ``config.model`` (e.g. ``relaxjax.models.functional(my_flax_module)``).
       data: preloaded data (default: ``load_data(config)``).
       progress: show a progress bar.
       stop_after_steps: stop (with a checkpoint) after this many outer steps in
-        total, as if interrupted; for tests and time-boxed jobs.
+        total, as if interrupted, and return; for tests and time-boxed jobs.
       log: where to print messages.
 
     Returns:
-      All metrics records of the run (``metrics.jsonl``), one per effective epoch
-      (and one at an interruption's last epoch end).
+      All metrics records of the run (``metrics.jsonl``), one per effective epoch.
 
     Raises:
       ValueError: if the training set is smaller than one outer step's
-        ``batch_size × L`` examples, or if ``--resume`` finds a different saved
-        configuration.
-      FileExistsError: if ``run_dir`` holds a run and ``resume`` is False.
+        ``batch_size × L`` examples.
+      relaxjax.train.runs.RunDirError: (a ``ValueError``) if ``run_dir`` holds a run and
+        ``resume`` is False; if ``resume`` finds a different saved configuration, no
+        intact checkpoint (:class:`~relaxjax.train.checkpoints.CheckpointError`) or a
+        damaged ``metrics.jsonl``; if another process trains into ``run_dir``.
+      TrainingDiverged: when the loss or the state becomes non-finite; the last good
+        checkpoint is kept.
+      TrainingInterrupted: (a ``KeyboardInterrupt``) after a signal stopped the run
+        and its state was checkpointed.
 
     References:
       Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5: methods compared at equal
@@ -203,7 +223,7 @@ def train(
       [(4, 1.0, 8), (8, 2.0, 16)]
     """
     run_dir = Path(run_dir)
-    prepare_run_dir(config, run_dir, resume)
+    check_run_dir(config, run_dir, resume)  # before anything is loaded or written
 
     data = data if data is not None else load_data(config)
     if model is None:
@@ -223,9 +243,6 @@ def train(
         config, model, tx, data.train_images[:1], mesh
     )
     data = place_data(data, mesh)
-
-    manager = checkpoint_manager(run_dir)
-    state = restore_latest(manager, state, resume, run_dir, total_steps, log)
     evaluate = make_eval_fn(model, config.eval_batch_size)
     refresh = make_statistics_refresh(model, config.batch_size, config.refresh_batches)
     parle = config.optimizer.name == "parle"
@@ -242,6 +259,7 @@ def train(
         )
         if not parle:  # Parle keeps one state per replica; x̄'s refreshed one serves eval only
             state = state._replace(model_state=model_state)
+        fault_point("evaluation", step)
         test_loss, test_error = evaluate(
             state.params, model_state, data.test_images, data.test_labels
         )
@@ -259,21 +277,83 @@ def train(
         }
         return state, record
 
-    return run_epochs(
-        state,
-        step_fn,
-        epoch_end,
-        run_dir=run_dir,
-        manager=manager,
-        seed=config.seed,
-        n_train=n_train,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        examples_per_step=config.batch_size * inner_steps,
-        progress=progress,
-        stop_after_steps=stop_after_steps,
-        log=log,
-    )
+    with run_lock(run_dir):
+        state, checkpoints = open_run(config, run_dir, state, resume, total_steps, log)
+        return run_epochs(
+            state,
+            step_fn,
+            epoch_end,
+            run_dir=run_dir,
+            checkpoints=checkpoints,
+            seed=config.seed,
+            n_train=n_train,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            examples_per_step=config.batch_size * inner_steps,
+            progress=progress,
+            stop_after_steps=stop_after_steps,
+            log=log,
+        )
+
+
+def open_run(
+    config: TrainConfig,
+    run_dir: Path,
+    state: Any,
+    resume: bool,
+    total_steps: int,
+    log: Callable[[str], None],
+) -> tuple[Any, Checkpoints]:
+    """The state a run starts from, once ``run_dir`` is ready for it (call under its lock).
+
+    Resuming restores the newest intact checkpoint (falling back past damaged ones),
+    refuses a run whose checkpoints are gone while its metrics remain, and makes
+    ``metrics.jsonl`` end at the restored step. Then ``config.json`` is written and the
+    leftovers of interrupted checkpoint writes are removed.
+
+    Args:
+      config: the run's configuration (written to ``config.json``).
+      run_dir: the run directory.
+      state: the initial state (also the template of a restored one).
+      resume: continue from a checkpoint.
+      total_steps: the run's budget in outer steps (for the message).
+      log: where to print messages.
+
+    Returns:
+      ``(state, checkpoints)``: the state to continue from and the run's
+      :class:`~relaxjax.train.checkpoints.Checkpoints`.
+    """
+    checkpoints = Checkpoints(run_dir)
+    record = None
+    if resume:
+        restored = checkpoints.restore_newest(state, log)
+        if restored is not None:
+            state, record = restored
+            log(f"resumed {run_dir} at step {int(state.step)} of {total_steps}")
+        else:
+            records = read_metrics(run_dir)
+            if records:
+                leftovers = [n for n in checkpoints.leftovers() if not n.startswith(".staging-")]
+                where = (
+                    f"checkpoints/ holds no checkpoint, only {', '.join(leftovers)}"
+                    if leftovers
+                    else "checkpoints/ is empty"
+                    if checkpoints.root.is_dir()
+                    else "checkpoints/ is missing"
+                )
+                raise RunDirError(
+                    f"--resume: {run_dir} cannot continue: its metrics.jsonl records "
+                    f"{len(records)} epoch end(s) up to step {records[-1]['step']}, but {where} "
+                    "(deleted, or never finished). Nothing was changed; start the run again "
+                    "in a new --run-dir"
+                )
+            log(
+                f"no checkpoint in {run_dir} yet (stopped before its first one): starting at step 0"
+            )
+    reconcile_metrics(run_dir, int(state.step), record, log)
+    write_json_atomic(run_dir / "config.json", config.to_json())
+    checkpoints.clean_staging()
+    return state, checkpoints
 
 
 class Throughput:
@@ -300,13 +380,80 @@ class Throughput:
         return rate
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """A signal (Ctrl-C, SIGTERM) stopped the run after its state was checkpointed.
+
+    Attributes:
+      step: the step of the checkpoint the run continues from with ``--resume``.
+      signum: the signal's number.
+    """
+
+    def __init__(self, message: str, step: int, signum: int) -> None:
+        super().__init__(message)
+        self.step, self.signum = step, signum
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the state became non-finite; nothing non-finite was saved.
+
+    Attributes:
+      step: the first step found non-finite.
+      last_checkpoint: the step of the last good checkpoint (None: none was written).
+    """
+
+    def __init__(self, message: str, step: int, last_checkpoint: int | None) -> None:
+        super().__init__(message)
+        self.step, self.last_checkpoint = step, last_checkpoint
+
+
+class _StopRequests:
+    """Defers SIGINT and SIGTERM while the loop runs: the first one asks the loop to stop
+    at its next safe point (after the current step, its epoch end and checkpoint), a
+    second SIGINT stops at once (``KeyboardInterrupt``)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\nrelaxjax train: {signal.Signals(signum).name} received: stopping after the "
+            "current step with a checkpoint (Ctrl-C again stops at once, losing the steps "
+            "since the last checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _first_non_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> tuple[int, float] | None:
+    """(step, loss) of the first non-finite loss among the steps' metrics, or None."""
+    if not pending:
+        return None
+    losses = np.asarray(jnp.stack([m["loss"] for _, m in pending]))
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return None if not len(bad) else (pending[bad[0]][0], float(losses[bad[0]]))
+
+
 def run_epochs(
     state: Any,
     step_fn: Callable[[Any, jax.Array, int], tuple[Any, dict[str, jax.Array] | None]],
     epoch_end: Callable[[Any, int, float, int], tuple[Any, dict[str, Any]]],
     *,
     run_dir: Path,
-    manager: ocp.CheckpointManager,
+    checkpoints: Checkpoints,
     seed: int,
     n_train: int,
     steps_per_epoch: int,
@@ -316,23 +463,26 @@ def run_epochs(
     stop_after_steps: int | None,
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    """The training loop shared by every trainer: steps, epoch ends, checkpoints, Ctrl-C.
+    """The training loop shared by every trainer: steps, epoch ends, checkpoints, signals.
 
     ``step_fn(state, perm, step_in_epoch) -> (state, metrics)`` takes one step
     on the epoch's permutation (``metrics`` with ``loss`` and ``error`` feed the
-    progress bar, or None). At every epoch end (and at the last step)
-    ``epoch_end(state, step, seconds, steps_timed) -> (state, record)``
-    evaluates; the record is appended to ``metrics.jsonl`` and the state
-    checkpointed. Ctrl-C (or ``stop_after_steps``) checkpoints mid-epoch: the
-    state carries the epoch's running sums, so ``--resume`` is exact. Returns
-    all metrics records of the run.
+    progress bar and the divergence check, or None). At every epoch end (and at the
+    last step) ``epoch_end(state, step, seconds, steps_timed) -> (state, record)``
+    evaluates; the state is checkpointed with its record, then the record is appended
+    to ``metrics.jsonl`` (a run stopped between the two gets the record back from the
+    checkpoint when resumed). SIGINT and SIGTERM are deferred to the next safe point:
+    the loop then checkpoints mid-epoch (the state carries the epoch's running sums, so
+    ``--resume`` is exact) and raises :class:`TrainingInterrupted`; ``stop_after_steps``
+    stops the same way but returns. A non-finite loss or state raises
+    :class:`TrainingDiverged` without saving it. Returns all metrics records of the run.
 
     Args:
       state: the initial (or restored) state; it has a ``step``.
       step_fn: ``step_fn(state, perm, step_in_epoch) -> (state, metrics or None)``.
       epoch_end: ``epoch_end(state, step, seconds, steps_timed) -> (state, record)``.
       run_dir: the run directory (``metrics.jsonl`` is appended to).
-      manager: the orbax checkpoint manager (closed on return).
+      checkpoints: the run's :class:`~relaxjax.train.checkpoints.Checkpoints`.
       seed: the seed of the per-epoch permutations (:func:`epoch_permutation`).
       n_train: the number of training examples.
       steps_per_epoch: outer steps per effective epoch.
@@ -345,8 +495,12 @@ def run_epochs(
     Returns:
       All metrics records of the run (``metrics.jsonl``).
 
+    Raises:
+      TrainingInterrupted: after a signal stopped the run (and its state was saved).
+      TrainingDiverged: when the loss or the state became non-finite.
+
     References:
-      ``docs/cli.md`` §2-§3 (run directory, resuming).
+      ``docs/cli.md`` §2-§3 (run directory, resuming, interruptions).
 
     Example:
       A loop whose "step" only counts, two epochs of two steps:
@@ -356,7 +510,7 @@ def run_epochs(
       >>> from typing import NamedTuple
       >>> import jax, jax.numpy as jnp
       >>> from relaxjax.train import run_epochs
-      >>> from relaxjax.train.checkpoints import checkpoint_manager
+      >>> from relaxjax.train.checkpoints import Checkpoints
       >>> class State(NamedTuple):
       ...     step: jax.Array
       >>> def step_fn(state, perm, step_in_epoch):
@@ -367,7 +521,7 @@ def run_epochs(
       >>> with tempfile.TemporaryDirectory() as run_dir:
       ...     records = run_epochs(
       ...         State(jnp.int32(0)), step_fn, epoch_end, run_dir=Path(run_dir),
-      ...         manager=checkpoint_manager(Path(run_dir)), seed=0, n_train=8,
+      ...         checkpoints=Checkpoints(Path(run_dir)), seed=0, n_train=8,
       ...         steps_per_epoch=2, total_steps=4, examples_per_step=2, progress=False,
       ...         stop_after_steps=None, log=print,
       ...     )
@@ -376,54 +530,100 @@ def run_epochs(
       >>> [r["step"] for r in records]
       [2, 4]
     """
-
-    def save(state: Any) -> None:
-        manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
-        manager.wait_until_finished()
-
     step = int(state.step)
+    saved_step = step  # the state at the start is the restored checkpoint's (or step 0's)
     bar = _progress(total_steps, step, progress)
     epoch_start, steps_timed = time.perf_counter(), 0
     throughput = Throughput(examples_per_step, start_step=step)
     perm, perm_epoch = None, None
-    try:
-        while step < total_steps:
-            epoch, step_in_epoch = divmod(step, steps_per_epoch)
-            if perm_epoch != epoch:
-                perm, perm_epoch = epoch_permutation(seed, epoch, n_train), epoch
-            state, metrics = step_fn(state, perm, step_in_epoch)
-            step, steps_timed = step + 1, steps_timed + 1
-            bar.update(1)
-            if metrics is not None and (step % 10 == 0 or step == total_steps):
-                loss, error = float(metrics["loss"]), float(metrics["error"])  # waits for it
-                bar.set_postfix(
-                    loss=f"{loss:.3f}",
-                    err=f"{error:.3f}",
-                    ex_per_s=f"{throughput.update(step):.0f}",
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # metrics not yet checked
+
+    def diverged(first: int, what: str) -> TrainingDiverged:
+        kept = (
+            f"the last good checkpoint is {checkpoints.root / str(saved_step)} (step {saved_step})"
+            if saved_step and saved_step in checkpoints.steps()
+            else "no checkpoint was written"
+        )
+        return TrainingDiverged(
+            f"training diverged: {what} at step {first} (effective epoch "
+            f"{first / steps_per_epoch:.2f}); nothing non-finite was saved and {kept}. Lower "
+            "the learning rates (--lr, --step-size) and start again in a new --run-dir",
+            first,
+            saved_step if saved_step else None,
+        )
+
+    def check(state: Any, full: bool) -> None:
+        """Raises TrainingDiverged for a non-finite loss (or, if ``full``, state)."""
+        bad = _first_non_finite(pending)
+        if bad is not None:
+            raise diverged(bad[0], f"the training loss became {bad[1]}")
+        pending.clear()
+        if full and not all_finite(state):
+            raise diverged(step, "the parameters or the optimizer state became non-finite")
+
+    stopped = False
+    with _StopRequests() as stop:
+        try:
+            while step < total_steps:
+                if stop.signum is not None:
+                    break
+                epoch, step_in_epoch = divmod(step, steps_per_epoch)
+                if perm_epoch != epoch:
+                    perm, perm_epoch = epoch_permutation(seed, epoch, n_train), epoch
+                state, metrics = step_fn(state, perm, step_in_epoch)
+                step, steps_timed = step + 1, steps_timed + 1
+                state = fault_point("step", step, state)
+                bar.update(1)
+                if metrics is not None:
+                    pending.append((step, metrics))
+                    if step % 10 == 0 or step == total_steps:
+                        check(state, full=False)  # waits for the step
+                        bar.set_postfix(
+                            loss=f"{float(metrics['loss']):.3f}",
+                            err=f"{float(metrics['error']):.3f}",
+                            ex_per_s=f"{throughput.update(step):.0f}",
+                        )
+                if step % steps_per_epoch == 0 or step == total_steps:
+                    jax.block_until_ready(state)  # the epoch's time is its computation's
+                    check(state, full=True)
+                    state, record = epoch_end(
+                        state, step, time.perf_counter() - epoch_start, steps_timed
+                    )
+                    for key in ("train_loss", "test_loss"):
+                        if key in record and not np.isfinite(record[key]):
+                            raise diverged(step, f"the epoch's {key} became {record[key]}")
+                    checkpoints.save(state, record)
+                    saved_step = step
+                    fault_point("metrics-write", step)
+                    append_metrics(run_dir, record)
+                    bar.write(
+                        f"epoch {record['effective_epochs']:.2f}  train loss "
+                        f"{record['train_loss']:.4f}  test error "
+                        f"{100 * record['test_error']:.2f}%"
+                    )
+                    fault_point("epoch-end", step)
+                    epoch_start, steps_timed = time.perf_counter(), 0
+                    throughput.restart(step)  # evaluation and saving are not training
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    stopped = True
+                    break
+            if (stopped or stop.signum is not None) and step < total_steps:
+                if saved_step != step:
+                    check(state, full=True)
+                    checkpoints.save(state)  # mid-epoch: the running sums are in the state
+                    saved_step = step
+                bar.close()
+                message = (
+                    f"interrupted at step {step} of {total_steps}, saved as checkpoint "
+                    f"{step}; continue with --resume (run dir {run_dir})"
+                    if step
+                    else f"interrupted before the first step (run dir {run_dir})"
                 )
-            if step % steps_per_epoch == 0 or step == total_steps:
-                jax.block_until_ready(state)  # the epoch's time is its computation's, not dispatch
-                state, record = epoch_end(
-                    state, step, time.perf_counter() - epoch_start, steps_timed
-                )
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                save(state)
-                bar.write(
-                    f"epoch {record['effective_epochs']:.2f}  train loss "
-                    f"{record['train_loss']:.4f}  test error {100 * record['test_error']:.2f}%"
-                )
-                epoch_start, steps_timed = time.perf_counter(), 0
-                throughput.restart(step)  # evaluation and saving are not training throughput
-            if stop_after_steps is not None and step >= stop_after_steps and step < total_steps:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        save(state)  # mid-epoch: the epoch's running sums are part of the state
-        bar.close()
-        log(f"interrupted at step {step}; continue with --resume (run dir {run_dir})")
-    finally:
-        bar.close()
-        manager.close()
+                log(message)
+                if stop.signum is not None:
+                    raise TrainingInterrupted(message, step, stop.signum)
+        finally:
+            bar.close()
     return read_metrics(run_dir)
 
 
