@@ -9,6 +9,9 @@ import pytest
 from relaxjax.core.laplacian_smoothing import laplacian_smooth, laplacian_smoothing, ls_sgd
 
 SIZES = [1, 2, 3, 4, 5, 7, 16, 33, 100, 257]
+# Lengths with a large prime factor, which are solved at a padded fast FFT length (when
+# sigma is static and n exceeds twice the Green's function's radius).
+SLOW_FFT_SIZES = [1009, 2018, 2003]
 
 
 def periodic_laplacian(n):
@@ -39,6 +42,28 @@ def test_fft_solve_equals_the_dense_solve_in_float64(n, sigma):
         d = laplacian_smooth(jnp.asarray(g), sigma)
         assert d.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(d), dense_smooth(g, sigma), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", SLOW_FFT_SIZES)
+@pytest.mark.parametrize("sigma", [0.01, 1.0, 30.0])
+def test_lengths_with_a_large_prime_factor_equal_the_dense_solve(n, sigma):
+    g = np.random.default_rng(n).normal(size=n)
+    with jax.enable_x64(True):
+        d = laplacian_smooth(jnp.asarray(g), sigma)
+        np.testing.assert_allclose(np.asarray(d), dense_smooth(g, sigma), rtol=1e-12, atol=1e-12)
+    d32 = laplacian_smooth(jnp.asarray(g, jnp.float32), sigma)
+    np.testing.assert_allclose(np.asarray(d32), dense_smooth(g, sigma), rtol=1e-5, atol=2e-6)
+
+
+def test_the_padded_solve_equals_the_direct_fft_at_a_network_size():
+    """mnistfc's 1,867,786 = 2 * 933893 parameters: the padded fast-length solve (static
+    sigma) equals the direct length-n FFT (a traced sigma takes that path)."""
+    n = 1_867_786
+    g = jnp.asarray(np.random.default_rng(0).normal(size=n), jnp.float32)
+    padded = jax.jit(lambda v: laplacian_smooth(v, 1.0))(g)
+    direct = jax.jit(laplacian_smooth)(g, 1.0)
+    np.testing.assert_allclose(np.asarray(padded), np.asarray(direct), atol=1e-5)
+    assert float(jnp.max(jnp.abs(padded - g))) > 0.5  # it did smooth
 
 
 @pytest.mark.parametrize("n", SIZES)
