@@ -53,6 +53,12 @@ otherwise); results have the batch shape ``(...)`` (values) or the shape of
 ``x`` (points and gradients). The functions can be called inside ``jit`` and
 differentiated with respect to ``x``. Computations use the default JAX float
 dtype; enable 64-bit mode (``with jax.enable_x64(True):``) for tight tolerances.
+
+Beside the grid solvers, :func:`hj_prox` estimates the same viscous quantities (the
+Gibbs mean and the local entropy, hence the proximal point as the viscosity goes to 0)
+by Monte Carlo sampling of the Cole-Hopf formula, without a grid and in any dimension
+(Osher, Heaton & Wu Fung, PNAS 2023), and :func:`hj_prox_minimize` iterates it as a
+derivative-free proximal-point method. Their losses take one point and return a scalar.
 """
 
 from __future__ import annotations
