@@ -12,8 +12,21 @@ def check_matching_tree(what: str, tree: Any, params: Any) -> None:
     """Raises ``ValueError`` unless ``tree`` has the structure and shapes of ``params``.
 
     Runs at trace time (structures and shapes are static), so it costs nothing
-    inside ``jit``.
+    inside ``jit``. When the mismatch comes from Flax NNX objects (``nnx.Variable``
+    nodes such as ``Param``, e.g. the ``State`` that ``nnx.grad`` returns, while
+    ``nnx.Optimizer`` hands the transform pure arrays), the message says how to make
+    them pure. Flax is recognised by the modules of the nodes' classes, not imported.
     """
+
+    def is_nnx_variable(node: Any) -> bool:  # Param, BatchStat, a user's subclass
+        return any(
+            cls.__name__ == "Variable" and cls.__module__.startswith("flax.nnx")
+            for cls in type(node).__mro__
+        )
+
+    def holds_nnx_variables(tree: Any) -> bool:
+        return any(map(is_nnx_variable, jax.tree.leaves(tree, is_leaf=is_nnx_variable)))
+
     tree_def, params_def = jax.tree.structure(tree), jax.tree.structure(params)
     if tree_def != params_def:
         hint = ""
@@ -21,6 +34,15 @@ def check_matching_tree(what: str, tree: Any, params: Any) -> None:
             hint = (
                 " It looks like a (gradients, aux) pair: return only the gradients, "
                 "e.g. jax.grad(loss, has_aux=True)(...)[0]."
+            )
+        elif holds_nnx_variables(tree) or holds_nnx_variables(params):
+            hint = (
+                " It holds Flax NNX Variable objects (e.g. the State that nnx.grad returns), "
+                "but nnx.Optimizer(model, tx, wrt=nnx.Param).update passes the transform "
+                "pure arrays: return nnx.as_pure(grads), with grads taken w.r.t. the "
+                "optimizer's wrt filter, or "
+                "build grad_fn with relaxjax.adapters.nnx_grad_fn(model, loss_fn, batches), "
+                "which also rebuilds the model with nnx.merge(..., copy=True)."
             )
         raise ValueError(
             f"{what} does not match the parameters' tree.{hint}\n"

@@ -1,0 +1,30 @@
+"""``relaxjax.adapters`` loads each Flax API only when it is used (a fresh interpreter)."""
+
+import subprocess
+import sys
+
+import pytest
+
+_SCRIPT = """
+import sys
+import relaxjax.adapters
+assert "flax" not in sys.modules, "relaxjax.adapters loaded flax"
+from relaxjax.adapters import RelaxTrainState
+assert "flax.linen" in sys.modules
+assert "flax.nnx" not in sys.modules, "the linen adapter loaded flax.nnx"
+from relaxjax.adapters import nnx_grad_fn
+assert "flax.nnx" in sys.modules
+print("IMPORTS-OK")
+"""
+
+
+@pytest.mark.subprocess
+def test_the_linen_adapter_loads_no_nnx_and_the_package_no_flax(cpu_subprocess_env):
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        capture_output=True,
+        text=True,
+        env=cpu_subprocess_env,
+        timeout=120,
+    )
+    assert "IMPORTS-OK" in result.stdout, result.stderr[-3000:]
