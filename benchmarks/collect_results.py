@@ -33,6 +33,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("paper_table", "The paper's table (MNIST; CIFAR-10 from a GPU)"),
     ("parle", "Parle and data parallel"),
     ("msa", "Maximum-principle training (E-MSA)"),
+    ("fault_injection", "Interrupted runs resumed (SIGINT and SIGKILL at random points)"),
 ]
 
 PREAMBLE = """# relaxjax — measured results
