@@ -34,6 +34,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("parle", "Parle and data parallel"),
     ("msa", "Maximum-principle training (E-MSA)"),
     ("fault_injection", "Interrupted runs resumed (SIGINT and SIGKILL at random points)"),
+    ("laplacian_smoothing", "Laplacian smoothing (LS-SGD) beside SGD on MNIST"),
 ]
 
 PREAMBLE = """# relaxjax — measured results

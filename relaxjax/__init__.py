@@ -8,7 +8,8 @@ of Li, Chen, Tai, E, *Maximum Principle Based Algorithms for Deep Learning*
 (2018).
 
 ``import relaxjax`` loads only the core (jax, optax, numpy). The other
-subpackages load on first use: ``relaxjax.models`` (Flax), ``relaxjax.data``,
+subpackages load on first use: ``relaxjax.models`` (Flax), ``relaxjax.adapters``
+(Flax's linen and NNX training steps), ``relaxjax.data``,
 ``relaxjax.train`` (the training command), ``relaxjax.pde``,
 ``relaxjax.diagnostics``, ``relaxjax.msa``, ``relaxjax.plots`` (matplotlib) and
 ``relaxjax.cpu``. See ``docs/architecture.md``.
@@ -24,13 +25,17 @@ from relaxjax.core import (
     ParleState,
     RelaxationState,
     RelaxationStateWithInner,
+    apply_if_finite,
     coupling_schedule,
     elastic_coupling,
     entropy_adam,
     entropy_sgd,
     hj_sgd,
     hopf_lax,
+    laplacian_smooth,
+    laplacian_smoothing,
     local_entropy,
+    ls_sgd,
     parle,
     parle_step,
     scoping,
@@ -38,7 +43,18 @@ from relaxjax.core import (
 
 __version__ = "0.1.0.dev0"
 
-_SUBPACKAGES = ("core", "cpu", "data", "diagnostics", "models", "msa", "pde", "plots", "train")
+_SUBPACKAGES = (
+    "adapters",
+    "core",
+    "cpu",
+    "data",
+    "diagnostics",
+    "models",
+    "msa",
+    "pde",
+    "plots",
+    "train",
+)
 
 __all__ = [
     "ElasticState",
@@ -47,13 +63,17 @@ __all__ = [
     "ParleState",
     "RelaxationState",
     "RelaxationStateWithInner",
+    "apply_if_finite",
     "coupling_schedule",
     "elastic_coupling",
     "entropy_adam",
     "entropy_sgd",
     "hj_sgd",
     "hopf_lax",
+    "laplacian_smooth",
+    "laplacian_smoothing",
     "local_entropy",
+    "ls_sgd",
     "parle",
     "parle_step",
     "scoping",

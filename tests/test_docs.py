@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = (
     "relaxjax",
     "relaxjax.core",
+    "relaxjax.adapters",
     "relaxjax.models",
     "relaxjax.pde",
     "relaxjax.diagnostics",

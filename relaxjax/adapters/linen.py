@@ -119,7 +119,7 @@ class RelaxTrainState(train_state.TrainState):
       >>> model = nn.Dense(1)
       >>> x = jax.random.normal(jax.random.key(0), (3, 8, 2))  # 3 mini-batches
       >>> y = x @ jnp.array([1.0, -1.0])
-      >>> tx = relaxjax.entropy_sgd(0.5, gamma=0.1, num_steps=3, step_size=0.05)
+      >>> tx = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=3, step_size=0.05)
       >>> state = RelaxTrainState.create(
       ...     apply_fn=model.apply, params=model.init(jax.random.key(1), x[0])["params"], tx=tx
       ... )

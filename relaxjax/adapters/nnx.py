@@ -126,7 +126,7 @@ def nnx_grad_fn(
       ...     def __call__(self, x):
       ...         return self.out(self.dropout(nnx.relu(self.norm(self.linear(x)))))[:, 0]
       >>> model = Net(nnx.Rngs(0))
-      >>> tx = relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=3, step_size=0.05)
+      >>> tx = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=3, step_size=0.05)
       >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
       >>> def loss_fn(model, batch):
       ...     inputs, targets = batch

@@ -5,7 +5,9 @@ top level (``relaxjax.local_entropy`` is ``relaxjax.core.local_entropy``).
 """
 
 from relaxjax.core.alias import entropy_adam, entropy_sgd, hj_sgd
+from relaxjax.core.finite import apply_if_finite
 from relaxjax.core.keys import Seed, key_from_seed
+from relaxjax.core.laplacian_smoothing import laplacian_smooth, laplacian_smoothing, ls_sgd
 from relaxjax.core.parle import (
     ElasticState,
     Parle,
@@ -34,6 +36,7 @@ __all__ = [
     "RelaxationState",
     "RelaxationStateWithInner",
     "Seed",
+    "apply_if_finite",
     "coupling_schedule",
     "elastic_coupling",
     "entropy_adam",
@@ -41,7 +44,10 @@ __all__ = [
     "hj_sgd",
     "hopf_lax",
     "key_from_seed",
+    "laplacian_smooth",
+    "laplacian_smoothing",
     "local_entropy",
+    "ls_sgd",
     "parle",
     "parle_step",
     "replica_key",

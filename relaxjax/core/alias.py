@@ -18,20 +18,28 @@ __all__ = ["entropy_adam", "entropy_sgd", "hj_sgd"]
 
 
 def outer_sgd(
-    learning_rate: ScalarOrSchedule, momentum: float | None, nesterov: bool
+    learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule | None, nesterov: bool
 ) -> optax.GradientTransformation:
-    return optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov and bool(momentum))
+    """The outer SGD; a Python 0 or None means none, an array (even 0) keeps a trace.
+
+    Deciding on the Python type, never on a value, keeps the state's structure the
+    same when ``optax.inject_hyperparams`` passes ``momentum`` as an array (concrete
+    in ``init``, traced in ``update``).
+    """
+    if momentum is None or (isinstance(momentum, (int, float)) and momentum == 0):
+        return optax.sgd(learning_rate)
+    return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
 
 
 def entropy_sgd(
     learning_rate: ScalarOrSchedule,
     gamma: ScalarOrSchedule,
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     step_size: ScalarOrSchedule = 0.1,
     noise: ScalarOrSchedule = 1e-4,
     alpha: ScalarOrSchedule = 0.75,
-    momentum: float | None = 0.9,
+    momentum: ScalarOrSchedule | None = 0.9,
     nesterov: bool = True,
     weight_decay: ScalarOrSchedule = 0.0,
     seed: Seed = 0,
@@ -39,15 +47,18 @@ def entropy_sgd(
 ) -> optax.GradientTransformationExtraArgs:
     """Entropy-SGD: local-entropy gradient followed by Nesterov SGD.
 
-    x ← x − η · NesterovMomentum((x − ⟨y⟩)/γ), with ⟨y⟩ from L SGLD steps (see
+    x ← x − η · NesterovMomentum(x − ⟨y⟩), with ⟨y⟩ from L SGLD steps (see
     ``relaxjax.local_entropy``). ``weight_decay`` λ is applied inside the inner
     loop, so the outer step descends the local entropy of f + (λ/2)‖x‖².
 
     Args:
-      learning_rate: the outer learning rate η (float or Optax schedule); it
-        multiplies the relaxed gradient (x − μ)/γ (``docs/conventions.md`` §3).
+      learning_rate: the outer learning rate η (float or Optax schedule) on the
+        displacement x − μ towards the inner average, as the original code's
+        ``--lr``: η = 1 without momentum moves x to μ. Port from ``optax.sgd(lr,
+        momentum=m)`` with ``learning_rate=1.0``, ``step_size=lr``, ``momentum=m``
+        (``docs/conventions.md`` §3).
       gamma: the scope γ > 0 (float or schedule, e.g. :func:`relaxjax.scoping`).
-      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step.
+      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step (None: 20).
       step_size: inner step size η′ > 0.
       noise: ε ≥ 0, the Langevin noise scale (temperature ε²).
       alpha: α ∈ [0, 1), weight of the old running average.
@@ -58,7 +69,7 @@ def entropy_sgd(
       unroll: forwarded to ``jax.lax.scan`` for the inner loop.
 
     Returns:
-      ``optax.chain(local_entropy(...), optax.sgd(...))``, an
+      ``optax.chain(local_entropy(..., output="displacement"), optax.sgd(...))``, an
       ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn``.
 
     References:
@@ -69,7 +80,7 @@ def entropy_sgd(
       >>> import jax, jax.numpy as jnp, optax
       >>> import relaxjax
       >>> loss = lambda x: 0.5 * jnp.sum(x**2)
-      >>> tx = relaxjax.entropy_sgd(0.5, 1.0, num_steps=5)
+      >>> tx = relaxjax.entropy_sgd(1.0, 1.0, num_steps=5)
       >>> @jax.jit
       ... def step(x, state):
       ...     grad_fn = lambda y, i: jax.grad(loss)(y)  # mini-batch i's gradient
@@ -93,6 +104,7 @@ def entropy_sgd(
             inner_optimizer=None,
             seed=seed,
             unroll=unroll,
+            output="displacement",
         ),
         outer_sgd(learning_rate, momentum, nesterov),
     )
@@ -102,24 +114,27 @@ def hj_sgd(
     learning_rate: ScalarOrSchedule,
     gamma: ScalarOrSchedule,
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     step_size: ScalarOrSchedule = 0.1,
     alpha: ScalarOrSchedule = 0.75,
-    momentum: float | None = 0.9,
+    momentum: ScalarOrSchedule | None = 0.9,
     nesterov: bool = True,
     weight_decay: ScalarOrSchedule = 0.0,
     unroll: int | bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """HJ: Hopf-Lax (non-viscous) relaxed gradient followed by Nesterov SGD.
 
-    x ← x − η · NesterovMomentum((x − y*)/γ), y* the proximal point estimated by
+    x ← x − η · NesterovMomentum(x − y*), y* the proximal point estimated by
     L noise-free inner steps (see ``relaxjax.hopf_lax``).
 
     Args:
-      learning_rate: the outer learning rate η (float or Optax schedule); it
-        multiplies the relaxed gradient (x − μ)/γ (``docs/conventions.md`` §3).
+      learning_rate: the outer learning rate η (float or Optax schedule) on the
+        displacement x − μ towards the inner average, as the original code's
+        ``--lr``: η = 1 without momentum moves x to μ. Port from ``optax.sgd(lr,
+        momentum=m)`` with ``learning_rate=1.0``, ``step_size=lr``, ``momentum=m``
+        (``docs/conventions.md`` §3).
       gamma: the scope γ > 0 (float or schedule, e.g. :func:`relaxjax.scoping`).
-      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step.
+      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step (None: 20).
       step_size: inner step size η′ > 0.
       alpha: α ∈ [0, 1), weight of the old running average.
       momentum: the outer momentum (0.9 in the papers); None or 0: plain SGD.
@@ -128,7 +143,7 @@ def hj_sgd(
       unroll: forwarded to ``jax.lax.scan`` for the inner loop.
 
     Returns:
-      ``optax.chain(hopf_lax(...), optax.sgd(...))``, an
+      ``optax.chain(hopf_lax(..., output="displacement"), optax.sgd(...))``, an
       ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn``.
 
     References:
@@ -139,7 +154,7 @@ def hj_sgd(
       >>> import jax, jax.numpy as jnp, optax
       >>> import relaxjax
       >>> loss = lambda x: 0.5 * jnp.sum(x**2)
-      >>> tx = relaxjax.hj_sgd(0.5, 1.0, num_steps=5, momentum=None)
+      >>> tx = relaxjax.hj_sgd(1.0, 1.0, num_steps=5, momentum=None)
       >>> @jax.jit
       ... def updates(x, state):
       ...     grad_fn = lambda y, i: jax.grad(loss)(y)
@@ -157,6 +172,7 @@ def hj_sgd(
             weight_decay=weight_decay,
             inner_optimizer=None,
             unroll=unroll,
+            output="displacement",
         ),
         outer_sgd(learning_rate, momentum, nesterov),
     )
@@ -166,11 +182,11 @@ def entropy_adam(
     learning_rate: ScalarOrSchedule,
     gamma: ScalarOrSchedule,
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     step_size: ScalarOrSchedule = 1e-3,
     noise: ScalarOrSchedule = 1e-4,
     alpha: ScalarOrSchedule = 0.75,
-    momentum: float | None = 0.9,
+    momentum: ScalarOrSchedule | None = 0.9,
     nesterov: bool = True,
     weight_decay: ScalarOrSchedule = 0.0,
     b1: float = 0.9,
@@ -181,14 +197,17 @@ def entropy_adam(
     """Entropy-Adam: Adam (step ``step_size``) plus Langevin noise in the inner loop.
 
     As in the Entropy-SGD paper (ICLR 2017, §5), Adam replaces the inner SGLD
-    step; the outer step is Nesterov SGD on (x − μ)/γ. The noise scale is
+    step; the outer step is Nesterov SGD on x − μ. The noise scale is
     ε √(2 η′) with η′ = ``step_size``.
 
     Args:
-      learning_rate: the outer learning rate η (float or Optax schedule); it
-        multiplies the relaxed gradient (x − μ)/γ (``docs/conventions.md`` §3).
+      learning_rate: the outer learning rate η (float or Optax schedule) on the
+        displacement x − μ towards the inner average, as the original code's
+        ``--lr``: η = 1 without momentum moves x to μ. Port from ``optax.sgd(lr,
+        momentum=m)`` with ``learning_rate=1.0``, ``step_size=lr``, ``momentum=m``
+        (``docs/conventions.md`` §3).
       gamma: the scope γ > 0 (float or schedule, e.g. :func:`relaxjax.scoping`).
-      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step.
+      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step (None: 20).
       step_size: η′ > 0, Adam's inner learning rate (and the noise's step).
       noise: ε ≥ 0, the Langevin noise scale.
       alpha: α ∈ [0, 1), weight of the old running average.
@@ -201,9 +220,9 @@ def entropy_adam(
       unroll: forwarded to ``jax.lax.scan`` for the inner loop.
 
     Returns:
-      ``optax.chain(local_entropy(..., inner_optimizer=optax.adam(...)),
-      optax.sgd(...))``, whose update takes ``grad_fn``. Adam's state is started
-      afresh at every outer step.
+      ``optax.chain(local_entropy(..., inner_optimizer=optax.adam(...),
+      output="displacement"), optax.sgd(...))``, whose update takes ``grad_fn``.
+      Adam's state is started afresh at every outer step.
 
     References:
       Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5. ``docs/algorithms.md`` §3.
@@ -232,6 +251,7 @@ def entropy_adam(
             inner_optimizer=optax.adam(step_size, b1=b1, b2=b2),
             seed=seed,
             unroll=unroll,
+            output="displacement",
         ),
         outer_sgd(learning_rate, momentum, nesterov),
     )

@@ -91,10 +91,11 @@ class ElasticState(NamedTuple):
     """State of ``elastic_coupling``: the outer-step count at which the schedule ρ is evaluated.
 
     Attributes:
-      count: number of updates taken (int32 scalar).
+      elastic_count: number of updates taken (int32 scalar); named apart from
+        Optax's ``count`` fields so ``optax.tree_utils.tree_get`` finds it alone.
     """
 
-    count: jax.Array
+    elastic_count: jax.Array
 
 
 class Parle(NamedTuple):
@@ -207,17 +208,17 @@ def elastic_coupling(rho: hyperparams.ScalarOrSchedule) -> optax.GradientTransfo
     ) -> tuple[optax.Updates, ElasticState]:
         del extra_args
         if static_zero:
-            return updates, ElasticState(optax.safe_increment(state.count))
+            return updates, ElasticState(optax.safe_increment(state.elastic_count))
         if params is None or reference is None:
             raise ValueError("elastic_coupling needs params and reference= (the x̄ of Parle).")
-        rho_t = hyperparams.value_at(rho, state.count)
+        rho_t = hyperparams.value_at(rho, state.elastic_count)
         coupled = jax.tree.map(
             lambda u, x, r: (u + rho_t.astype(u.dtype) * (x - r)).astype(u.dtype),
             updates,
             params,
             reference,
         )
-        return coupled, ElasticState(optax.safe_increment(state.count))
+        return coupled, ElasticState(optax.safe_increment(state.elastic_count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -302,7 +303,7 @@ def parle(
     rho: hyperparams.ScalarOrSchedule,
     num_replicas: int,
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     step_size: hyperparams.ScalarOrSchedule = 0.1,
     noise: hyperparams.ScalarOrSchedule = 0.0,
     alpha: hyperparams.ScalarOrSchedule = 0.75,
@@ -323,7 +324,8 @@ def parle(
     ``relaxjax.entropy_sgd`` with the same arguments step for step.
 
     Args:
-      learning_rate: outer rate η on the relaxed gradient (float or schedule).
+      learning_rate: outer rate η (float or schedule) on each replica's
+        x − μ + ρ (x − x̄), as ``relaxjax.entropy_sgd``'s on x − μ.
       gamma: scope γ > 0 of each replica's local entropy (see
         ``relaxjax.local_entropy``); a schedule scopes it
         (``relaxjax.scoping(γ₀, r, final_gamma=γ_min)``).
@@ -382,6 +384,7 @@ def parle(
             inner_optimizer=None,
             seed=seed,
             unroll=unroll,
+            output="displacement",
         ),
         elastic_coupling(rho),
         outer_sgd(learning_rate, momentum, nesterov),
@@ -392,7 +395,7 @@ def parle(
         replicas = _stack(params, num_replicas)
         states = jax.vmap(replica_tx.init)(replicas)
         keys = jnp.stack([replica_key(seed, a) for a in range(num_replicas)])
-        states = (states[0]._replace(key=keys), *states[1:])
+        states = (states[0]._replace(noise_key=keys), *states[1:])
         return place(ParleState(replicas, states), mesh, stacked)
 
     def update_fn(

@@ -44,15 +44,28 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from relaxjax.core import hyperparams, tree_utils
 from relaxjax.core import noise as noise_lib
+from relaxjax.core.finite import refuse_optax_apply_if_finite
 from relaxjax.core.hyperparams import ScalarOrSchedule
 from relaxjax.core.keys import Seed, key_from_seed
 from relaxjax.cpu.conv_layout import with_canonical_convolutions
 
-__all__ = ["GradFn", "RelaxationState", "RelaxationStateWithInner", "hopf_lax", "local_entropy"]
+__all__ = [
+    "DEFAULT_NUM_STEPS",
+    "GradFn",
+    "RelaxationState",
+    "RelaxationStateWithInner",
+    "hopf_lax",
+    "local_entropy",
+]
+
+
+DEFAULT_NUM_STEPS = 20
+"""L when ``num_steps`` is not given (the original code's default)."""
 
 
 class GradFn(Protocol):
@@ -78,15 +91,19 @@ class GradFn(Protocol):
 class RelaxationState(NamedTuple):
     """State of ``local_entropy`` and ``hopf_lax``.
 
+    The field names are the relaxation's own (not ``count``/``key``), so that
+    ``optax.tree_utils.tree_get(state, "relaxation_count")`` finds exactly one
+    leaf even under ``optax.inject_hyperparams``, whose state has a ``count`` too.
+
     Attributes:
-      count: number of outer steps taken; schedules of γ, η′, ε and λ are
-        evaluated at it.
-      key: raw ``uint32[2]`` PRNG key of the Langevin noise, advanced every
+      relaxation_count: number of outer steps taken; schedules of γ, η′, ε and λ
+        are evaluated at it.
+      noise_key: raw ``uint32[2]`` PRNG key of the Langevin noise, advanced every
         outer step, so a run is reproducible from its seed.
     """
 
-    count: jax.Array
-    key: jax.Array
+    relaxation_count: jax.Array
+    noise_key: jax.Array
 
 
 class RelaxationStateWithInner(NamedTuple):
@@ -97,13 +114,13 @@ class RelaxationStateWithInner(NamedTuple):
     A separate type, so checkpoints of the default transforms keep their layout.
 
     Attributes:
-      count: number of outer steps taken (as in :class:`RelaxationState`).
-      key: raw ``uint32[2]`` PRNG key of the Langevin noise.
+      relaxation_count: number of outer steps taken (as in :class:`RelaxationState`).
+      noise_key: raw ``uint32[2]`` PRNG key of the Langevin noise.
       inner_state: the ``inner_optimizer``'s state after the last inner step.
     """
 
-    count: jax.Array
-    key: jax.Array
+    relaxation_count: jax.Array
+    noise_key: jax.Array
     inner_state: optax.OptState
 
 
@@ -143,10 +160,71 @@ def _is_static_zero(hyperparameter: ScalarOrSchedule) -> bool:
     return isinstance(hyperparameter, (int, float)) and hyperparameter == 0
 
 
+def _raise_unstable_inner_step(unstable: Any, eta: Any, gamma: Any) -> None:
+    unstable, eta, gamma = np.asarray(unstable), np.asarray(eta), np.asarray(gamma)
+    if not unstable.any():
+        return
+    eta, gamma = (
+        float(np.broadcast_to(eta, unstable.shape)[unstable].max()),
+        float(np.broadcast_to(gamma, unstable.shape)[unstable].min()),
+    )
+    raise ValueError(
+        f"step_size={eta:g} must be < 2*gamma={2 * gamma:g} at this outer step (gamma "
+        "was lowered by a schedule or through optax.inject_hyperparams' "
+        "state.hyperparams): each inner step would multiply y - x by "
+        f"{1 - eta / gamma:.3g}, so the inner loop diverges."
+    )
+
+
+def _check_inner_sgd_at_update(eta: jax.Array, gamma: jax.Array) -> None:
+    """At update time: stops the computation with a clear error when η′ ≥ 2γ.
+
+    Values known at construction are checked there; this covers γ or η′ changed
+    later (schedules, ``inject_hyperparams``). The host callback sits in a
+    ``lax.cond`` branch, so an unbatched healthy step pays one scalar compare; under
+    ``vmap`` (replicas, seeds) the cond becomes a select and the callback runs every
+    step, re-checking the condition on the host.
+    """
+    if (
+        hyperparams.concrete_value(eta) is not None
+        and hyperparams.concrete_value(gamma) is not None
+    ):
+        _raise_unstable_inner_step(np.asarray(eta) >= 2 * np.asarray(gamma), eta, gamma)
+        return
+    unstable = eta >= 2 * gamma
+    jax.lax.cond(
+        jnp.any(unstable),
+        lambda: jax.debug.callback(_raise_unstable_inner_step, unstable, eta, gamma),
+        lambda: None,
+    )
+
+
+def _compute_dtypes(params: optax.Params, compute_dtype: Any) -> Any:
+    """The dtype of every leaf's inner iterate: ``compute_dtype``, or at least float32."""
+
+    def leaf_dtype(leaf):
+        dtype = jnp.result_type(leaf)
+        if compute_dtype is not None:
+            return jnp.dtype(compute_dtype)
+        if jnp.issubdtype(dtype, jnp.floating):
+            return jnp.promote_types(dtype, jnp.float32)
+        return dtype
+
+    return jax.tree.map(leaf_dtype, params)
+
+
+def _cast(tree: Any, dtypes: Any) -> Any:
+    return jax.tree.map(lambda leaf, dtype: jnp.asarray(leaf).astype(dtype), tree, dtypes)
+
+
+OUTPUTS = ("gradient", "displacement")
+"""What a relaxation returns: the relaxed gradient (x − μ)/γ or the displacement x − μ."""
+
+
 def _relaxation(
     *,
     gamma: ScalarOrSchedule,
-    num_steps: int,
+    num_steps: int | None,
     step_size: ScalarOrSchedule,
     noise: ScalarOrSchedule,
     alpha: ScalarOrSchedule,
@@ -158,9 +236,13 @@ def _relaxation(
     noise_generator: str,
     reuse_gradient: bool,
     keep_inner_state: bool,
+    compute_dtype: Any,
+    output: str,
 ) -> optax.GradientTransformationExtraArgs:
     """The inner loop shared by ``local_entropy`` (ε ≥ 0) and ``hopf_lax`` (ε = 0)."""
-    num_steps = hyperparams.check_num_steps("num_steps", num_steps)
+    num_steps = hyperparams.check_num_steps(
+        "num_steps", DEFAULT_NUM_STEPS if num_steps is None else num_steps
+    )
     unroll = _inner_loop_unroll(unroll, num_steps)
     hyperparams.check_positive("gamma", gamma)
     hyperparams.check_positive("step_size", step_size)
@@ -171,6 +253,10 @@ def _relaxation(
         raise ValueError(
             f"noise_generator must be one of {noise_lib.NOISE_GENERATORS}, got {noise_generator!r}."
         )
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
+    if compute_dtype is not None and not jnp.issubdtype(jnp.dtype(compute_dtype), jnp.floating):
+        raise ValueError(f"compute_dtype must be a floating dtype, got {compute_dtype!r}.")
     if keep_inner_state and inner_optimizer is None:
         raise ValueError(
             "keep_inner_state=True needs an inner_optimizer with a state to keep (e.g. "
@@ -189,7 +275,8 @@ def _relaxation(
     def init_fn(params: optax.Params) -> RelaxationState | RelaxationStateWithInner:
         count, key = jnp.zeros([], jnp.int32), key_from_seed(seed)
         if keep_inner_state:
-            return RelaxationStateWithInner(count, key, inner_optimizer.init(params))
+            inner_params = _cast(params, _compute_dtypes(params, compute_dtype))
+            return RelaxationStateWithInner(count, key, inner_optimizer.init(inner_params))
         return RelaxationState(count, key)
 
     def update_fn(
@@ -201,6 +288,7 @@ def _relaxation(
         **extra_args: Any,
     ) -> tuple[optax.Updates, RelaxationState | RelaxationStateWithInner]:
         del extra_args
+        refuse_optax_apply_if_finite()
         if params is None:
             raise ValueError(
                 "The relaxation needs the current parameters: call "
@@ -217,17 +305,22 @@ def _relaxation(
             )
         tree_utils.check_matching_tree("The incoming gradient", updates, params)
 
-        count = state.count
+        count = state.relaxation_count
         gamma_t = hyperparams.value_at(gamma, count)
         eta = hyperparams.value_at(step_size, count)
+        if inner_optimizer is None:
+            _check_inner_sgd_at_update(eta, gamma_t)
         alpha_t = hyperparams.value_at(alpha, count)
         noise_scale = (
             None if noiseless else hyperparams.value_at(noise, count) * jnp.sqrt(2.0 * eta)
         )
         decay = None if no_weight_decay else hyperparams.value_at(weight_decay, count)
         optimizer = inner_optimizer if inner_optimizer is not None else optax.sgd(eta)
-        key, noise_key = jax.random.split(state.key)
-        x = params
+        key, noise_key = jax.random.split(state.noise_key)
+        # The inner iterate and its average run in float32 (or compute_dtype) even for
+        # bfloat16 parameters: there a Langevin step of ε√(2η′) ≈ 1e-5 would round away.
+        dtypes = _compute_dtypes(params, compute_dtype)
+        x = _cast(params, dtypes)
         # Every inner step's noise keys, drawn before the loop (no threefry inside it).
         step_noise = (
             None if noiseless else noise_lib.noise_source(noise_key, x, num_steps, noise_generator)
@@ -253,7 +346,7 @@ def _relaxation(
 
         start = _InnerCarry(x, x, state.inner_state if keep_inner_state else optimizer.init(x))
         if reuse_gradient:  # inner step 0 takes the incoming gradient, the loop i = 1 … L − 1
-            start = step(start, updates, jnp.zeros([], jnp.int32))
+            start = step(start, _cast(updates, dtypes), jnp.zeros([], jnp.int32))
 
         evaluate = grad_fn
         if canonical_convolutions or (
@@ -262,18 +355,23 @@ def _relaxation(
             evaluate = with_canonical_convolutions(grad_fn)
 
         def body(carry: _InnerCarry, i: jax.Array) -> tuple[_InnerCarry, None]:
-            grads = evaluate(carry.y, i)
-            tree_utils.check_matching_tree("The output of grad_fn", grads, x)
-            return step(carry, tree_utils.cast_like(grads, x), i), None
+            # grad_fn sees the parameters' own dtypes; its gradient joins the iterate's.
+            grads = evaluate(tree_utils.cast_like(carry.y, params), i)
+            tree_utils.check_matching_tree("The output of grad_fn", grads, params)
+            return step(carry, _cast(grads, dtypes), i), None
 
         first_index = 1 if reuse_gradient else 0
         if num_steps > first_index:
             last, _ = jax.lax.scan(body, start, jnp.arange(first_index, num_steps), unroll=unroll)
         else:
             last = start
-        relaxed = jax.tree.map(
-            lambda x_, m: ((x_ - m) / gamma_t.astype(x_.dtype)).astype(x_.dtype), x, last.average
-        )
+        if output == "gradient":
+            relaxed = jax.tree.map(
+                lambda x_, m: (x_ - m) / gamma_t.astype(x_.dtype), x, last.average
+            )
+        else:
+            relaxed = jax.tree.map(lambda x_, m: x_ - m, x, last.average)
+        relaxed = tree_utils.cast_like(relaxed, params)
         if keep_inner_state:
             state = RelaxationStateWithInner(optax.safe_increment(count), key, last.optimizer_state)
         else:
@@ -286,7 +384,7 @@ def _relaxation(
 def local_entropy(
     gamma: ScalarOrSchedule,
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     step_size: ScalarOrSchedule = 0.1,
     noise: ScalarOrSchedule = 1e-4,
     alpha: ScalarOrSchedule = 0.75,
@@ -298,6 +396,8 @@ def local_entropy(
     noise_generator: str = "hash",
     reuse_gradient: bool = True,
     keep_inner_state: bool = False,
+    compute_dtype: Any = None,
+    output: str = "gradient",
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the local entropy (Entropy-SGD).
 
@@ -326,7 +426,10 @@ def local_entropy(
         inner loss is ‖y − x‖²/(2γ), i.e. the coupling ρ = 1/γ of the Entropy-SGD
         paper and its code (``--gamma`` there is ρ). A float or an Optax schedule
         of the outer step (see ``relaxjax.scoping``).
-      num_steps: L ≥ 1, inner steps (= gradient evaluations) per outer step.
+      num_steps: L ≥ 1, inner steps (= gradient evaluations) per outer step; None
+        (default): ``DEFAULT_NUM_STEPS`` = 20. A Python int: it fixes the loop's
+        length at trace time (under ``optax.inject_hyperparams``, leave it out or
+        list it in ``static_args``).
       step_size: inner step size η′ > 0 (float or schedule). With a custom
         ``inner_optimizer`` it only sets the noise scale ε √(2η′).
       noise: ε ≥ 0, the Langevin noise scale (temperature ε²; β = 1/ε²). The
@@ -365,6 +468,15 @@ def local_entropy(
         from one outer step into the next instead of starting it afresh, as the
         authors' PyTorch code does with its inner Nesterov momentum
         (``inner_optimizer=optax.sgd(0.1, momentum=0.9, nesterov=True)``).
+      compute_dtype: dtype of the inner iterate y and its average μ. None
+        (default): each parameter's dtype promoted to at least float32, so that
+        with bfloat16 parameters the Langevin step ε √(2η′) is not rounded away;
+        ``grad_fn`` is still called with parameters of their own dtype, and the
+        update is returned in it.
+      output: ``"gradient"`` (default): the relaxed gradient (x − μ)/γ, for
+        chaining before any Optax optimizer (scale-free ones such as Adam need no
+        retuning); ``"displacement"``: x − μ, the direction the original code's
+        outer rate multiplies (the aliases use it, ``docs/conventions.md`` §3).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes
@@ -376,7 +488,12 @@ def local_entropy(
         ``keep_inner_state`` without an ``inner_optimizer``, or (with
         the default inner SGD) η′ ≥ 2γ, which diverges whatever f is; at
         ``update`` time for a missing ``grad_fn`` (when L > 1), missing
-        ``params``, or gradients whose tree does not match the parameters.
+        ``params``, gradients whose tree does not match the parameters, or a
+        call from inside ``optax.apply_if_finite`` (use
+        :func:`relaxjax.apply_if_finite`). η′ ≥ 2γ reached later (a schedule, or
+        γ lowered through ``inject_hyperparams``) stops the computation at that
+        step with the same ``ValueError`` (under ``jit`` wrapped in JAX's runtime
+        error).
 
     References:
       Chaudhari et al., *Deep Relaxation* (2018), the local entropy and the viscous
@@ -399,7 +516,7 @@ def local_entropy(
       ...     return tx.update(jax.grad(loss)(x), state, x, grad_fn=grad_fn)
       >>> x = jnp.array([1.0, -2.0])
       >>> updates, state = relax(x, tx.init(x))
-      >>> bool(jnp.allclose(updates, x / 2, atol=1e-3)), int(state.count)
+      >>> bool(jnp.allclose(updates, x / 2, atol=1e-3)), int(state.relaxation_count)
       (True, 1)
     """
     return _relaxation(
@@ -416,13 +533,15 @@ def local_entropy(
         noise_generator=noise_generator,
         reuse_gradient=reuse_gradient,
         keep_inner_state=keep_inner_state,
+        compute_dtype=compute_dtype,
+        output=output,
     )
 
 
 def hopf_lax(
     gamma: ScalarOrSchedule,
     *,
-    num_steps: int = 20,
+    num_steps: int | None = None,
     step_size: ScalarOrSchedule = 0.1,
     alpha: ScalarOrSchedule = 0.75,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -431,6 +550,8 @@ def hopf_lax(
     canonical_convolutions: bool | None = None,
     reuse_gradient: bool = True,
     keep_inner_state: bool = False,
+    compute_dtype: Any = None,
+    output: str = "gradient",
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the Hopf-Lax (Moreau) envelope.
 
@@ -453,7 +574,7 @@ def hopf_lax(
 
     Args:
       gamma: the PDE time (scope) γ > 0, float or schedule.
-      num_steps: L ≥ 1 inner steps per outer step.
+      num_steps: L ≥ 1 inner steps per outer step (None: 20).
       step_size: inner step η′ > 0, float or schedule.
       alpha: α ∈ [0, 1), weight of the old running average.
       weight_decay: λ ≥ 0, L2 penalty inside the inner loop.
@@ -462,6 +583,8 @@ def hopf_lax(
       canonical_convolutions: see ``local_entropy``.
       reuse_gradient: see ``local_entropy``.
       keep_inner_state: see ``local_entropy``.
+      compute_dtype: see ``local_entropy``.
+      output: see ``local_entropy``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn`` as a
@@ -508,4 +631,6 @@ def hopf_lax(
         noise_generator="hash",
         reuse_gradient=reuse_gradient,
         keep_inner_state=keep_inner_state,
+        compute_dtype=compute_dtype,
+        output=output,
     )

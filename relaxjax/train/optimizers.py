@@ -6,19 +6,18 @@ mini-batches (L gradient evaluations) per outer step; ``sgd`` and ``adam`` take
 one. Learning rates follow a step decay in *effective epochs* (passes over
 the training data), so every method is scheduled by the work it has done.
 
-Outer learning rate of the relaxation methods: the transforms return the
-relaxed gradient (x − μ)/γ of *Deep Relaxation*; the command's ``lr`` is the
-original code's rate on the displacement x − μ, so the outer step is
-``lr · (x − μ) = (lr · γ_t) · (x − μ)/γ_t``. ``lr = 1`` without momentum
-moves x to the running average μ: for Hopf-Lax that is the proximal-point
-step x ← prox_{γf}(x).
+Outer learning rate of the relaxation methods: the command's ``lr`` is, as in
+the original code and in ``relaxjax.entropy_sgd``, the rate on the
+displacement x − μ (the relaxations are built with ``output="displacement"``).
+``lr = 1`` without momentum moves x to the running average μ: for Hopf-Lax
+that is the proximal-point step x ← prox_{γf}(x).
 
 ``parle`` (``relaxjax.parle``): n = ``replicas`` Entropy-SGD replicas, each on
 its own L mini-batches, so an outer step costs n·L gradient evaluations. In
 the original code's convention the outer direction is (x − μ) + ρ (x − x̄) at
 rate ``lr``, with both couplings scoped by ``scoping`` per outer step and capped
-(scope γ ≥ ``gamma_min``, ρ ≤ ``elastic_rho_max``); it is passed to ``relaxjax.parle``
-as rate lr·γ_t on the relaxed gradient and ρ_t/γ_t on x − x̄.
+(scope γ ≥ ``gamma_min``, ρ ≤ ``elastic_rho_max``), which is ``relaxjax.parle``'s
+own convention.
 """
 
 from __future__ import annotations
@@ -167,7 +166,7 @@ def make_optimizer(
 
     References:
       ``docs/cli.md`` §1.3 (what an outer step does), ``docs/conventions.md`` §3 (the
-      outer rate ``lr · γ_t`` on the relaxed gradient).
+      outer rate on x − μ).
 
     Example:
       >>> import jax.numpy as jnp
@@ -209,6 +208,7 @@ def make_optimizer(
         # inner step 0 evaluates it in the loop instead: XLA drops the step's own backward
         # pass and the compiled step holds one copy of the gradient (compile time flat in L).
         reuse_gradient=False,
+        output="displacement",
     )
     if config.inner_momentum:
         inner_sgd = optax.sgd(config.step_size, momentum=config.inner_momentum, nesterov=True)
@@ -222,7 +222,7 @@ def make_optimizer(
         relaxation = local_entropy(**common, noise=config.noise, seed=seed)
 
     def outer_rate(t: jax.Array) -> jax.Array:
-        return config.lr * decay(t) * gamma(t)
+        return config.lr * decay(t)
 
     return optax.chain(relaxation, optax.sgd(outer_rate, **nesterov))
 
@@ -231,9 +231,9 @@ def _make_parle(config: OptimizerConfig, decay: Callable, seed: int, mesh):
     gamma = scoping(config.gamma, config.scoping, final_gamma=min(config.gamma_min, config.gamma))
     rho = coupling_schedule(config.elastic_rho, config.scoping, maximum=config.elastic_rho_max)
     return parle(
-        lambda t: config.lr * decay(t) * gamma(t),
+        lambda t: config.lr * decay(t),
         gamma=gamma,
-        rho=lambda t: rho(t) / gamma(t),
+        rho=rho,
         num_replicas=config.replicas,
         num_steps=config.num_steps,
         step_size=config.step_size,

@@ -16,7 +16,7 @@ import relaxjax
 from relaxjax.adapters import RelaxTrainState, linen_grad_fn
 
 NUM_STEPS = 3
-TX = relaxjax.entropy_sgd(0.05, gamma=0.1, num_steps=NUM_STEPS, step_size=0.05, noise=1e-3)
+TX = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=NUM_STEPS, step_size=0.05, noise=1e-3)
 BATCHES = (NUM_STEPS, 32)
 
 

@@ -60,7 +60,9 @@ def _relaxjax_trajectory(x, y, w0, b0, lr, gamma0, rate):
         def loss(params, i):
             return jnp.mean((xs[i] @ params["w"] + params["b"] - ys[i]) ** 2)
 
-        tx = relaxjax.entropy_sgd(lr, relaxjax.scoping(gamma0, rate), **HYPER)
+        gamma = relaxjax.scoping(gamma0, rate)
+        # The twin's lr is on (x − μ)/γ_t, the alias's on x − μ.
+        tx = relaxjax.entropy_sgd(lambda t: lr / gamma(t), gamma, **HYPER)
         params = {"w": jnp.asarray(w0), "b": jnp.asarray(b0)}
         state, trajectory = tx.init(params), []
         for t in range(OUTER_STEPS):

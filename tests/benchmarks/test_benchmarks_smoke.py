@@ -159,8 +159,8 @@ def test_paper_table_allcnn_cells(tmp_path):
     sgd = table.cell_config("allcnn", "sgd", 0, 195.0, [])
     (record / "config.json").write_text(json.dumps(sgd.to_json()))
     metrics = [
-        {"effective_epochs": e, "test_error": err, "train_loss": 0.1, "seconds": 1.0}
-        for e, err in ((97.5, 0.1), (195.0, 0.0799))
+        {"step": s, "effective_epochs": e, "test_error": err, "train_loss": 0.1, "seconds": 1.0}
+        for s, e, err in ((100, 97.5, 0.1), (200, 195.0, 0.0799))
     ]
     (record / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     argv = ["--report-only", "--models", "allcnn", "--optimizers", "sgd", "--seeds", "0"]

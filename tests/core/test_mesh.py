@@ -50,10 +50,10 @@ _SCRIPT = textwrap.dedent(
         return step
 
     transforms = {
-        "entropy_sgd": relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=L, step_size=0.05,
+        "entropy_sgd": relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=L, step_size=0.05,
                                             noise=1e-2, seed=5),
-        "hj_sgd": relaxjax.hj_sgd(0.1, gamma=0.1, num_steps=L, step_size=0.05),
-        "entropy_adam": relaxjax.entropy_adam(0.1, gamma=0.1, num_steps=L, noise=1e-2),
+        "hj_sgd": relaxjax.hj_sgd(1.0, gamma=0.1, num_steps=L, step_size=0.05),
+        "entropy_adam": relaxjax.entropy_adam(1.0, gamma=0.1, num_steps=L, noise=1e-2),
         "injected local_entropy": optax.inject_hyperparams(
             relaxjax.local_entropy, static_args=("num_steps",))(
             gamma=0.1, num_steps=L, step_size=0.05, noise=1e-2),

@@ -39,9 +39,9 @@ def _train(tx, loss, params, steps):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=5, step_size=0.05, noise=1e-3),
-        lambda: relaxjax.hj_sgd(0.1, gamma=0.1, num_steps=5, step_size=0.05),
-        lambda: relaxjax.entropy_adam(0.1, gamma=0.1, num_steps=5, step_size=2e-3, noise=1e-4),
+        lambda: relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=5, step_size=0.05, noise=1e-3),
+        lambda: relaxjax.hj_sgd(1.0, gamma=0.1, num_steps=5, step_size=0.05),
+        lambda: relaxjax.entropy_adam(1.0, gamma=0.1, num_steps=5, step_size=2e-3, noise=1e-4),
     ],
     ids=["entropy_sgd", "hj_sgd", "entropy_adam"],
 )
@@ -117,7 +117,7 @@ def test_single_inner_step_needs_no_grad_fn():
 
 
 def test_jit_keeps_state_shapes_and_dtypes_and_is_reproducible():
-    tx = relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=3, noise=0.1, seed=7)
+    tx = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=3, noise=0.1, seed=7)
     state = tx.init(PARAMS)
     grads = jax.grad(_quadratic)(PARAMS)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=_grad_fn(_quadratic)))
@@ -128,7 +128,7 @@ def test_jit_keeps_state_shapes_and_dtypes_and_is_reproducible():
     # The key advances, so the next step draws fresh noise.
     later, _ = update(grads, new_state, PARAMS)
     assert not np.allclose(later["w"], updates["w"])
-    other_seed = relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=3, noise=0.1, seed=8)
+    other_seed = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=3, noise=0.1, seed=8)
     other, _ = update(grads, other_seed.init(PARAMS), PARAMS)
     assert not np.allclose(other["w"], updates["w"])
 
@@ -136,7 +136,7 @@ def test_jit_keeps_state_shapes_and_dtypes_and_is_reproducible():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_updates_keep_parameter_dtypes(dtype):
     params = jax.tree.map(lambda p: p.astype(dtype), PARAMS)
-    tx = relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=3, noise=1e-2)
+    tx = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=3, noise=1e-2)
     grads = jax.grad(_quadratic)(params)
     updates, _ = tx.update(grads, tx.init(params), params, grad_fn=_grad_fn(_quadratic))
     chex.assert_trees_all_equal_dtypes(updates, params)
@@ -174,7 +174,7 @@ def test_inject_hyperparams_without_static_num_steps_explains_the_fix():
 
 
 def test_multisteps_accumulates_then_steps():
-    tx = optax.MultiSteps(relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=3), every_k_schedule=2)
+    tx = optax.MultiSteps(relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=3), every_k_schedule=2)
     state = tx.init(PARAMS)
     grads = jax.grad(_quadratic)(PARAMS)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=_grad_fn(_quadratic)))
@@ -266,14 +266,14 @@ def test_scoping_schedule_drives_gamma():
 
 def test_schedules_for_step_size_noise_and_outer_rate():
     tx = relaxjax.entropy_sgd(
-        optax.cosine_decay_schedule(0.1, 10),
+        optax.cosine_decay_schedule(1.0, 10),
         gamma=0.1,
         num_steps=3,
         step_size=optax.linear_schedule(0.05, 0.01, 10),
         noise=optax.constant_schedule(1e-3),
     )
     params, state = _train(tx, _quadratic, PARAMS, 10)
-    assert int(state[0].count) == 10
+    assert int(state[0].relaxation_count) == 10
     assert _quadratic(params) < _quadratic(PARAMS)
 
 

@@ -86,7 +86,7 @@ def _init():
 @pytest.mark.slow
 def test_running_statistics_come_from_the_outer_evaluation_only():
     params, stats = _init()
-    tx = relaxjax.entropy_sgd(0.05, gamma=0.1, num_steps=NUM_STEPS, step_size=0.05)
+    tx = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=NUM_STEPS, step_size=0.05)
     images, labels = _blobs(jax.random.PRNGKey(1), NUM_STEPS * 16)
     batches = (images.reshape(NUM_STEPS, 16, 8), labels.reshape(NUM_STEPS, 16))
     key = jax.random.PRNGKey(2)
@@ -119,7 +119,7 @@ def test_each_inner_step_gets_its_own_dropout_key():
 
 def test_entropy_sgd_trains_a_batchnorm_dropout_model():
     params, stats = _init()
-    tx = relaxjax.entropy_sgd(0.05, gamma=0.1, num_steps=NUM_STEPS, step_size=0.05)
+    tx = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=NUM_STEPS, step_size=0.05)
     opt_state = tx.init(params)
     train_step = _make_train_step(tx)
     key = jax.random.PRNGKey(4)
@@ -149,7 +149,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
         x, y = batch
         return jnp.mean((jnp.tanh(x @ params["w"]) @ params["v"] - y) ** 2)
 
-    tx = relaxjax.entropy_sgd(0.1, gamma=0.1, num_steps=L, step_size=0.05, noise=1e-2, seed=5)
+    tx = relaxjax.entropy_sgd(1.0, gamma=0.1, num_steps=L, step_size=0.05, noise=1e-2, seed=5)
 
     @jax.jit
     def step(params, state, batches):

@@ -259,7 +259,14 @@ def test_relaxjax_plot_on_run_directories(tmp_path, capsys):
             )
             (run / "config.json").write_text(json.dumps(config.to_json()))
             lines = [
-                json.dumps({"effective_epochs": e, "test_error": 0.01 / e, "test_loss": 0.1})
+                json.dumps(
+                    {
+                        "step": int(10 * e),
+                        "effective_epochs": e,
+                        "test_error": 0.01 / e,
+                        "test_loss": 0.1,
+                    }
+                )
                 for e in (1.0, 2.0)
             ]
             (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,244 @@
+"""One Optax contract, run over every public transform and alias (optax's common-test style).
+
+Each entry of ``TRANSFORMS`` builds a transform from its hyper-parameters; every test
+below runs over all of them, so a transform added to the registry gets the whole
+contract: jit, vmap over seeds, ``optax.inject_hyperparams`` without ``static_args``
+(and changing γ or the rate through ``state.hyperparams``), ``optax.MultiSteps``,
+skipping non-finite steps, bfloat16 parameters, stable state shapes, convergence.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import relaxjax
+
+
+def _chain_sgd(relaxation):
+    return lambda **kw: optax.chain(relaxation(**kw), optax.sgd(0.5))
+
+
+# name -> (factory, hyper-parameters: inject_hyperparams injects every numeric one)
+TRANSFORMS = {
+    "local_entropy": (
+        lambda **kw: optax.chain(relaxjax.local_entropy(**kw), optax.sgd(0.05)),
+        dict(gamma=0.1, step_size=0.05, noise=1e-3),
+    ),
+    "hopf_lax": (
+        lambda **kw: optax.chain(relaxjax.hopf_lax(**kw), optax.sgd(0.05)),
+        dict(gamma=0.1, step_size=0.05),
+    ),
+    "entropy_sgd": (relaxjax.entropy_sgd, dict(learning_rate=0.5, gamma=0.1, step_size=0.05)),
+    "hj_sgd": (relaxjax.hj_sgd, dict(learning_rate=0.5, gamma=0.1, step_size=0.05)),
+    "entropy_adam": (relaxjax.entropy_adam, dict(learning_rate=0.5, gamma=0.1, step_size=5e-3)),
+    "ls_sgd": (relaxjax.ls_sgd, dict(learning_rate=0.3, sigma=1.0)),
+}
+RELAXATIONS = [name for name in TRANSFORMS if name != "ls_sgd"]
+
+
+def _loss(params):
+    return 0.5 * jnp.sum(params["w"] ** 2) + jnp.sum((params["b"] - 1.0) ** 2)
+
+
+PARAMS = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([3.0])}
+
+
+def _grad_fn(loss):
+    grad = jax.grad(loss)
+    return lambda p, i: grad(p)
+
+
+def _step(tx, loss=_loss):
+    grad = jax.grad(loss)
+
+    def step(params, state):
+        updates, state = tx.update(grad(params), state, params, grad_fn=_grad_fn(loss))
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def _build(name, **overrides):
+    factory, hyper = TRANSFORMS[name]
+    return factory(**{**hyper, **overrides})
+
+
+def _run(tx, params=PARAMS, steps=100, loss=_loss):
+    step = jax.jit(_step(tx, loss))
+    state = tx.init(params)
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_converges_on_a_parabola_under_jit_with_stable_state_shapes(name):
+    tx = _build(name)
+    state = tx.init(PARAMS)
+    shapes = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), state)
+    params, state = _run(tx, steps=150)
+    assert jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), state) == shapes
+    np.testing.assert_allclose(params["w"], 0.0, atol=2e-2)
+    np.testing.assert_allclose(params["b"], 1.0, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["entropy_sgd", "hj_sgd", "entropy_adam", "ls_sgd"])
+def test_inject_hyperparams_without_static_args(name):
+    factory, hyper = TRANSFORMS[name]
+    tx = optax.inject_hyperparams(factory)(**hyper)
+    step = jax.jit(_step(tx))
+    state = tx.init(PARAMS)
+    params, state = step(PARAMS, state)
+    reference, _ = jax.jit(_step(factory(**hyper)))(PARAMS, factory(**hyper).init(PARAMS))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # A hyper-parameter changed through the state takes effect at the next step.
+    key = "learning_rate" if "learning_rate" in hyper else "gamma"
+    state.hyperparams[key] = (
+        jnp.asarray(0.0, jnp.float32) if key == "learning_rate" else (state.hyperparams[key] * 2)
+    )
+    moved, _ = step(params, state)
+    if key == "learning_rate":
+        for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["entropy_sgd", "hj_sgd", "entropy_adam"])
+def test_inject_hyperparams_traces_momentum(name):
+    factory, hyper = TRANSFORMS[name]
+    tx = optax.inject_hyperparams(factory)(**hyper, momentum=0.5)
+    params, state = jax.jit(_step(tx))(PARAMS, tx.init(PARAMS))
+    assert float(state.hyperparams["momentum"]) == 0.5
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("name", ["entropy_sgd", "hj_sgd"])
+def test_gamma_lowered_through_the_state_below_half_the_step_fails_clearly(name):
+    factory, hyper = TRANSFORMS[name]
+    tx = optax.inject_hyperparams(factory)(**hyper)
+    state = tx.init(PARAMS)
+    state.hyperparams["gamma"] = jnp.asarray(0.01, jnp.float32)  # step_size 0.05 ≥ 2γ
+    with pytest.raises(Exception, match=r"step_size=0.05 must be < 2\*gamma=0.02"):
+        jax.block_until_ready(jax.jit(_step(tx))(PARAMS, state))
+
+
+def test_tree_get_finds_the_relaxation_count_alone():
+    tx = optax.inject_hyperparams(relaxjax.entropy_sgd)(learning_rate=0.5, gamma=0.1)
+    _, state = jax.jit(_step(tx))(PARAMS, tx.init(PARAMS))
+    assert int(optax.tree_utils.tree_get(state, "relaxation_count")) == 1
+    assert int(optax.tree_utils.tree_get(state, "noise_key").shape[0]) == 2
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_vmap_over_seeds_and_multisteps(name):
+    tx = _build(name)
+    batched = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), PARAMS)
+    params, _ = jax.vmap(_step(tx))(batched, jax.vmap(tx.init)(batched))
+    one, _ = _step(tx)(PARAMS, tx.init(PARAMS))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(one), strict=True):
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
+    multi = optax.MultiSteps(tx, every_k_schedule=2)
+    step = jax.jit(_step(multi))
+    state = multi.init(PARAMS)
+    after_one, state = step(PARAMS, state)
+    for a, b in zip(jax.tree.leaves(after_one), jax.tree.leaves(PARAMS), strict=True):
+        np.testing.assert_array_equal(a, b)  # the first mini-step only accumulates
+    after_two, _ = step(after_one, state)
+    assert _loss(after_two) < _loss(PARAMS)
+
+
+def _nan_at_inner_step(step_index):
+    grad = jax.grad(_loss)
+    return lambda p, i: jax.tree.map(lambda g: jnp.where(i == step_index, jnp.nan, g), grad(p))
+
+
+@pytest.mark.parametrize("name", RELAXATIONS)
+def test_apply_if_finite_skips_a_nan_born_in_the_inner_loop(name):
+    tx = relaxjax.apply_if_finite(_build(name, num_steps=3), 2)
+    state = tx.init(PARAMS)
+
+    @jax.jit
+    def step(params, state, grad_fn_nan_step):
+        bad = _nan_at_inner_step(grad_fn_nan_step)
+        updates, state = tx.update(jax.grad(_loss)(params), state, params, grad_fn=bad)
+        return optax.apply_updates(params, updates), state
+
+    params, new_state = step(PARAMS, state, 2)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(PARAMS), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(new_state.total_notfinite) == 1 and int(new_state.notfinite_count) == 1
+    # The skipped step kept the inner state (count, key, momentum) of the last good one.
+    for a, b in zip(
+        jax.tree.leaves(new_state.inner_state), jax.tree.leaves(state.inner_state), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    params, new_state = step(params, new_state, -1)  # a healthy step is applied
+    assert _loss(params) < _loss(PARAMS) and int(new_state.notfinite_count) == 0
+
+
+@pytest.mark.parametrize("name", RELAXATIONS)
+def test_optax_apply_if_finite_around_a_relaxation_is_refused(name):
+    tx = optax.apply_if_finite(_build(name, num_steps=3), 2)
+    with pytest.raises(ValueError, match="relaxjax.apply_if_finite"):
+        tx.update(PARAMS, tx.init(PARAMS), PARAMS, grad_fn=_grad_fn(_loss))
+
+
+def test_optax_apply_if_finite_on_the_outer_optimizer_skips_the_step():
+    tx = optax.chain(
+        relaxjax.local_entropy(0.1, num_steps=3, step_size=0.05),
+        optax.apply_if_finite(optax.sgd(0.05), 2),
+    )
+    updates, state = tx.update(
+        jax.grad(_loss)(PARAMS), tx.init(PARAMS), PARAMS, grad_fn=_nan_at_inner_step(2)
+    )
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+    assert int(state[1].total_notfinite) == 1
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_bfloat16_params_keep_their_dtype(name):
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), PARAMS)
+    tx = _build(name)
+    new, _ = jax.jit(_step(tx))(params, tx.init(params))
+    assert jax.tree.map(jnp.result_type, new) == jax.tree.map(jnp.result_type, params)
+
+
+def test_langevin_noise_acts_on_bfloat16_params():
+    params = {"w": jnp.full((64,), 0.3, jnp.bfloat16)}
+    loss = lambda p: 0.5 * jnp.sum(p["w"].astype(jnp.float32) ** 2)  # noqa: E731
+    outputs = {}
+    for noise in (0.0, 1e-2):
+        tx = relaxjax.local_entropy(1.0, num_steps=5, noise=noise)
+        outputs[noise], _ = tx.update(
+            jax.grad(loss)(params), tx.init(params), params, grad_fn=_grad_fn(loss)
+        )
+        assert outputs[noise]["w"].dtype == jnp.bfloat16
+    # ε√(2η′) ≈ 4.5e-3 per step: in bfloat16 arithmetic (8-bit mantissa at 0.3) it would
+    # round away and both updates would be bit-identical.
+    assert int(jnp.sum(outputs[0.0]["w"] != outputs[1e-2]["w"])) > 16
+
+
+def test_displacement_output_is_gamma_times_the_gradient():
+    x = PARAMS
+    outputs = {}
+    for output in ("gradient", "displacement"):
+        tx = relaxjax.local_entropy(0.25, num_steps=4, noise=1e-2, output=output)
+        outputs[output], _ = tx.update(jax.grad(_loss)(x), tx.init(x), x, grad_fn=_grad_fn(_loss))
+    gradient, displacement = outputs["gradient"], outputs["displacement"]
+    for g, d in zip(jax.tree.leaves(gradient), jax.tree.leaves(displacement), strict=True):
+        np.testing.assert_allclose(d, 0.25 * g, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="output"):
+        relaxjax.local_entropy(1.0, output="step")
+
+
+def test_alias_rate_is_on_the_displacement():
+    # entropy_sgd(lr) steps by lr·(x − μ): without momentum, lr = 1 moves x to μ.
+    x = PARAMS
+    relax = relaxjax.hopf_lax(0.1, num_steps=4, step_size=0.05, output="displacement")
+    displacement, _ = relax.update(jax.grad(_loss)(x), relax.init(x), x, grad_fn=_grad_fn(_loss))
+    tx = relaxjax.hj_sgd(1.0, 0.1, num_steps=4, step_size=0.05, momentum=None)
+    updates, _ = tx.update(jax.grad(_loss)(x), tx.init(x), x, grad_fn=_grad_fn(_loss))
+    for u, d in zip(jax.tree.leaves(updates), jax.tree.leaves(displacement), strict=True):
+        np.testing.assert_allclose(u, -d, rtol=1e-6)
