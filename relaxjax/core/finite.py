@@ -17,12 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from relaxjax.core.tree_utils import all_finite
+
 __all__ = ["apply_if_finite", "refuse_optax_apply_if_finite"]
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def apply_if_finite(
@@ -94,7 +91,7 @@ def apply_if_finite(
         new_updates, new_inner_state = inner.update(
             updates, state.inner_state, params, **extra_args
         )
-        finite = jnp.logical_and(_all_finite(updates), _all_finite(new_updates))
+        finite = jnp.logical_and(all_finite(updates), all_finite(new_updates))
         notfinite_count = jnp.where(
             finite, jnp.zeros([], jnp.int32), optax.safe_increment(state.notfinite_count)
         )

@@ -65,3 +65,18 @@ def check_matching_tree(what: str, tree: Any, params: Any) -> None:
 def cast_like(tree: Any, reference: Any) -> Any:
     """Casts every leaf of ``tree`` to the dtype of the matching leaf of ``reference``."""
     return jax.tree.map(lambda t, r: jnp.asarray(t).astype(jnp.result_type(r)), tree, reference)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """A bool scalar: whether every floating-point value of ``tree`` is finite.
+
+    Integer leaves (counts, PRNG keys) pass; an empty tree is finite. Traceable, so
+    it runs inside ``jit`` (``relaxjax.apply_if_finite``) and, jitted, on the host
+    side of a checkpoint write.
+    """
+    leaves = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

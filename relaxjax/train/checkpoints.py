@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from relaxjax.core import tree_utils
 from relaxjax.train.runs import RunDirError, fault_point
 
 CHECKSUMS = "SHA256SUMS"
@@ -46,15 +46,10 @@ class CheckpointError(RunDirError):
 
 def all_finite(tree: Any) -> bool:
     """Whether every floating-point value of ``tree`` is finite (integer leaves pass)."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    if not leaves:
-        return True
-    return bool(_all_finite(leaves))
+    return bool(_all_finite(tree))
 
 
-@jax.jit
-def _all_finite(leaves: list[jax.Array]) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+_all_finite = jax.jit(tree_utils.all_finite)
 
 
 def _sha256(path: Path) -> str:
