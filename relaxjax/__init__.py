@@ -1,8 +1,9 @@
 """relaxjax: PDE-based relaxation optimizers for JAX and Optax.
 
-Entropy-SGD (local entropy, viscous Hamilton-Jacobi) and the Hopf-Lax
-relaxation of Chaudhari, Oberman, Osher, Soatto, Carlier, *Deep Relaxation:
-partial differential equations for optimizing deep neural networks* (2018),
+Entropy-SGD (local entropy, viscous Hamilton-Jacobi), the Hopf-Lax and the
+heat-equation (HEAT) relaxations of Chaudhari, Oberman, Osher, Soatto, Carlier,
+*Deep Relaxation: partial differential equations for optimizing deep neural
+networks* (2018),
 as composable Optax gradient transformations, with Parle and the E-MSA trainer
 of Li, Chen, Tai, E, *Maximum Principle Based Algorithms for Deep Learning*
 (2018).
@@ -30,6 +31,8 @@ from relaxjax.core import (
     elastic_coupling,
     entropy_adam,
     entropy_sgd,
+    heat_sgd,
+    heat_smoothing,
     hj_sgd,
     hopf_lax,
     laplacian_smooth,
@@ -68,6 +71,8 @@ __all__ = [
     "elastic_coupling",
     "entropy_adam",
     "entropy_sgd",
+    "heat_sgd",
+    "heat_smoothing",
     "hj_sgd",
     "hopf_lax",
     "laplacian_smooth",

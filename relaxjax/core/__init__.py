@@ -4,7 +4,7 @@ Everything here needs only jax, optax and numpy. The names are re-exported at th
 top level (``relaxjax.local_entropy`` is ``relaxjax.core.local_entropy``).
 """
 
-from relaxjax.core.alias import entropy_adam, entropy_sgd, hj_sgd
+from relaxjax.core.alias import entropy_adam, entropy_sgd, heat_sgd, hj_sgd
 from relaxjax.core.finite import apply_if_finite
 from relaxjax.core.keys import Seed, key_from_seed
 from relaxjax.core.laplacian_smoothing import laplacian_smooth, laplacian_smoothing, ls_sgd
@@ -23,6 +23,7 @@ from relaxjax.core.relaxation import (
     GradFn,
     RelaxationState,
     RelaxationStateWithInner,
+    heat_smoothing,
     hopf_lax,
     local_entropy,
 )
@@ -41,6 +42,8 @@ __all__ = [
     "elastic_coupling",
     "entropy_adam",
     "entropy_sgd",
+    "heat_sgd",
+    "heat_smoothing",
     "hj_sgd",
     "hopf_lax",
     "key_from_seed",

@@ -1,7 +1,7 @@
 """The optimizers of *Deep Relaxation* as single Optax transforms.
 
-Each alias chains a relaxation (``relaxjax.local_entropy`` or
-``relaxjax.hopf_lax``) with the outer optimizer the paper uses: SGD with
+Each alias chains a relaxation (``relaxjax.local_entropy``, ``relaxjax.hopf_lax``
+or ``relaxjax.heat_smoothing``) with the outer optimizer the paper uses: SGD with
 Nesterov momentum 0.9 (Chaudhari et al., *Deep Relaxation*, 2018, §6;
 *Entropy-SGD*, ICLR 2017, Alg. 1).
 """
@@ -12,9 +12,9 @@ import optax
 
 from relaxjax.core.hyperparams import ScalarOrSchedule
 from relaxjax.core.keys import Seed
-from relaxjax.core.relaxation import hopf_lax, local_entropy
+from relaxjax.core.relaxation import heat_smoothing, hopf_lax, local_entropy
 
-__all__ = ["entropy_adam", "entropy_sgd", "hj_sgd"]
+__all__ = ["entropy_adam", "entropy_sgd", "heat_sgd", "hj_sgd"]
 
 
 def outer_sgd(
@@ -171,6 +171,79 @@ def hj_sgd(
             alpha=alpha,
             weight_decay=weight_decay,
             inner_optimizer=None,
+            unroll=unroll,
+            output="displacement",
+        ),
+        outer_sgd(learning_rate, momentum, nesterov),
+    )
+
+
+def heat_sgd(
+    learning_rate: ScalarOrSchedule,
+    gamma: ScalarOrSchedule = 0.1,
+    *,
+    num_steps: int | None = None,
+    step_size: ScalarOrSchedule = 0.1,
+    noise: ScalarOrSchedule = 1e-4,
+    momentum: ScalarOrSchedule | None = 0.9,
+    nesterov: bool = True,
+    weight_decay: ScalarOrSchedule = 0.0,
+    seed: Seed = 0,
+    unroll: int | bool | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """HEAT: the heat-equation relaxed gradient followed by Nesterov SGD.
+
+    x ← x − η · NesterovMomentum(x − μ), with μ the uniform average of L SGLD
+    iterates (see ``relaxjax.heat_smoothing``); the defaults are the Deep
+    Relaxation research code's ``HEAT``: γ = 0.1 (coupling 10), L = 100, η′ = 0.1,
+    ε = 1e-4.
+
+    Args:
+      learning_rate: the outer learning rate η (float or Optax schedule) on the
+        displacement x − μ, as for :func:`entropy_sgd` (``docs/conventions.md`` §3).
+        Here x − μ ≈ γ · L/(L + 1) · (the chain's average gradient), so η is an
+        SGD rate of η·γ on that average.
+      gamma: the scope γ > 0 (default 0.1, the research code's coupling 10).
+      num_steps: L ≥ 1, inner steps (gradient evaluations) per outer step (None: 100).
+      step_size: inner step size η′ > 0 (< 2γ).
+      noise: ε ≥ 0, the Langevin noise scale; the heat time is t = 2γε²/(2 − η′/γ).
+      momentum: the outer momentum (0.9 in the papers); None or 0: plain SGD.
+      nesterov: Nesterov momentum (when ``momentum`` is set).
+      weight_decay: λ ≥ 0, L2 penalty inside the inner loop.
+      seed: an int or PRNG key for the Langevin noise.
+      unroll: forwarded to ``jax.lax.scan`` for the inner loop.
+
+    Returns:
+      ``optax.chain(heat_smoothing(..., output="displacement"), optax.sgd(...))``, an
+      ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn``.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the heat equation and the Heat
+      column. ``docs/deep-relaxation.md`` §1.3, ``docs/algorithms.md`` §3.
+
+    Example:
+      With a constant gradient c the chain takes one step and stays, so (without
+      momentum or noise) the research code's defaults step by −η·γ·c·L/(L + 1):
+
+      >>> import jax, jax.numpy as jnp
+      >>> import relaxjax
+      >>> c = jnp.array([1.0, -2.0])
+      >>> grad_fn = lambda y, i: c  # f(x) = c·x on every mini-batch
+      >>> tx = relaxjax.heat_sgd(1.0, momentum=None, noise=0.0)  # γ = η′ = 0.1, L = 100
+      >>> x = jnp.zeros(2)
+      >>> updates, _ = jax.jit(lambda x, s: tx.update(c, s, x, grad_fn=grad_fn))(x, tx.init(x))
+      >>> print(jnp.round(updates / (0.1 * 100 / 101), 4))
+      [-1.  2.]
+    """
+    return optax.chain(
+        heat_smoothing(
+            gamma,
+            num_steps=num_steps,
+            step_size=step_size,
+            noise=noise,
+            weight_decay=weight_decay,
+            inner_optimizer=None,
+            seed=seed,
             unroll=unroll,
             output="displacement",
         ),

@@ -28,14 +28,26 @@ above; with ε = 0 (``hopf_lax``) it is gradient descent on the proximal
 problem. ``∇f_ℓ`` is a stochastic gradient on mini-batch ℓ: the incoming
 gradient (evaluated by the caller at x) is used for ℓ = 0, and
 ``grad_fn(y, ℓ)`` for ℓ = 1 … L − 1, so an outer step costs exactly L
-gradient evaluations.
+gradient evaluations. (The authors' Entropy-SGD code, Lua and PyTorch, evaluates
+L + 1: a first gradient at x, for logging, is discarded when L > 0; their Deep
+Relaxation research code evaluates one more, at the new x after the outer step.)
+
+``heat_smoothing`` runs the same loop with the *uniform* average
+μ_L = (y₀ + … + y_L)/(L + 1) in place of the exponential one (the HEAT optimizer
+of the Deep Relaxation research code); its output is the average of the chain's
+gradients, an estimate of the gradient of the heat-equation-smoothed loss
+(see its docstring for the time t and the conditions).
 
 Relation to the original code: its coupling ``gamma`` is ρ = 1/γ (the scope
 of this module is the PDE time of *Deep Relaxation*), its step noise is
 ``eps/sqrt(0.5·lr)·ξ`` inside the gradient, i.e. ε √(2η′) ξ on the step as
 here, and its outer update uses (x − μ) where this module returns
 (x − μ)/γ (multiply the outer learning rate by γ to compare). Its running
-average puts α = 0.75 on the old average, as here.
+average puts α = 0.75 on the old average, as here. Inner momentum: the
+Entropy-SGD code (Lua and PyTorch) zeroes its inner momentum buffer at every
+outer step, which an ``inner_optimizer`` does by default; the Deep Relaxation
+research code keeps one buffer for the whole run, which is
+``keep_inner_state=True``.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ __all__ = [
     "GradFn",
     "RelaxationState",
     "RelaxationStateWithInner",
+    "heat_smoothing",
     "hopf_lax",
     "local_entropy",
 ]
@@ -66,6 +79,9 @@ __all__ = [
 
 DEFAULT_NUM_STEPS = 20
 """L when ``num_steps`` is not given (the original code's default)."""
+
+HEAT_NUM_STEPS = 100
+"""L of ``heat_smoothing`` when ``num_steps`` is not given (the research code's ``HEAT``)."""
 
 
 class GradFn(Protocol):
@@ -220,6 +236,9 @@ def _cast(tree: Any, dtypes: Any) -> Any:
 OUTPUTS = ("gradient", "displacement")
 """What a relaxation returns: the relaxed gradient (x − μ)/γ or the displacement x − μ."""
 
+AVERAGES = ("exponential", "uniform")
+"""How μ averages the inner iterates: μ ← α μ + (1 − α) y, or the mean of y₀ … y_L."""
+
 
 def _relaxation(
     *,
@@ -238,11 +257,16 @@ def _relaxation(
     keep_inner_state: bool,
     compute_dtype: Any,
     output: str,
+    average: str = "exponential",
+    default_num_steps: int = DEFAULT_NUM_STEPS,
 ) -> optax.GradientTransformationExtraArgs:
-    """The inner loop shared by ``local_entropy`` (ε ≥ 0) and ``hopf_lax`` (ε = 0)."""
+    """The inner loop shared by ``local_entropy`` (ε ≥ 0), ``hopf_lax`` (ε = 0) and
+    ``heat_smoothing`` (``average="uniform"``)."""
     num_steps = hyperparams.check_num_steps(
-        "num_steps", DEFAULT_NUM_STEPS if num_steps is None else num_steps
+        "num_steps", default_num_steps if num_steps is None else num_steps
     )
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}.")
     unroll = _inner_loop_unroll(unroll, num_steps)
     hyperparams.check_positive("gamma", gamma)
     hyperparams.check_positive("step_size", step_size)
@@ -339,10 +363,12 @@ def _relaxation(
             if noise_scale is not None:
                 xi = noise_lib.gaussian_at_step(step_noise, i, y, noise_generator)
                 y = jax.tree.map(lambda y_, n: y_ + noise_scale.astype(y_.dtype) * n, y, xi)
-            average = jax.tree.map(
-                lambda m, y_: (alpha_t * m + (1 - alpha_t) * y_).astype(m.dtype), carry.average, y
+            # Weight of the old average: α, or (i + 1)/(i + 2) for the mean of y₀ … y_{i+1}.
+            old = alpha_t if average == "exponential" else (i + 1) / (i + 2)
+            average_ = jax.tree.map(
+                lambda m, y_: (old * m + (1 - old) * y_).astype(m.dtype), carry.average, y
             )
-            return _InnerCarry(y, average, optimizer_state)
+            return _InnerCarry(y, average_, optimizer_state)
 
         start = _InnerCarry(x, x, state.inner_state if keep_inner_state else optimizer.init(x))
         if reuse_gradient:  # inner step 0 takes the incoming gradient, the loop i = 1 … L − 1
@@ -440,8 +466,8 @@ def local_entropy(
         so the output is the relaxed gradient of f + (λ/2)‖·‖².
       inner_optimizer: an Optax transform replacing the inner SGD step (e.g.
         ``optax.adam(1e-3)`` gives Entropy-Adam); Langevin noise is still added
-        after its step. Its state is re-initialised at every outer step unless
-        ``keep_inner_state``.
+        after its step. Its state is re-initialised at every outer step (as the
+        Entropy-SGD code zeroes its inner momentum) unless ``keep_inner_state``.
       seed: an int or a PRNG key for the Langevin noise; it lives in the state.
       unroll: forwarded to ``jax.lax.scan`` for the inner loop; None (default)
         lets relaxjax choose. Must be a Python int or bool (with
@@ -464,10 +490,18 @@ def local_entropy(
         caller's unused gradient as dead code, so an outer step still costs L
         gradient evaluations, unless the caller uses that gradient otherwise.
         ``grad_fn(params, 0)`` must then be the gradient on mini-batch 0.
-      keep_inner_state: carry ``inner_optimizer``'s state (e.g. its momentum)
-        from one outer step into the next instead of starting it afresh, as the
-        authors' PyTorch code does with its inner Nesterov momentum
-        (``inner_optimizer=optax.sgd(0.1, momentum=0.9, nesterov=True)``).
+      keep_inner_state: what happens to ``inner_optimizer``'s state (e.g. its
+        momentum buffer) between outer steps. False (default): it starts afresh at
+        every outer step, as in the authors' Entropy-SGD code (Lua
+        ``entropyoptim.lua`` and PyTorch ``python/optim.py`` zero their inner
+        momentum at every outer step). True: it is carried from one outer step into
+        the next, one buffer for the whole run, as in their Deep Relaxation research
+        code (``ESGD`` in ``code/optim.py``). Either code's inner Nesterov momentum
+        is ``inner_optimizer=optax.sgd(0.1, momentum=0.9, nesterov=True)``; it acts
+        here on the whole inner gradient (loss, coupling and weight decay), as in
+        the research code (which passes the Langevin noise through it too), while
+        the Entropy-SGD code applies it to the loss gradient only (the PyTorch code:
+        and the weight decay), before adding the coupling and the noise.
       compute_dtype: dtype of the inner iterate y and its average μ. None
         (default): each parameter's dtype promoted to at least float32, so that
         with bfloat16 parameters the Langevin step ε √(2η′) is not rounded away;
@@ -633,4 +667,134 @@ def hopf_lax(
         keep_inner_state=keep_inner_state,
         compute_dtype=compute_dtype,
         output=output,
+    )
+
+
+def heat_smoothing(
+    gamma: ScalarOrSchedule,
+    *,
+    num_steps: int | None = None,
+    step_size: ScalarOrSchedule = 0.1,
+    noise: ScalarOrSchedule = 1e-4,
+    weight_decay: ScalarOrSchedule = 0.0,
+    inner_optimizer: optax.GradientTransformation | None = None,
+    seed: Seed = 0,
+    unroll: int | bool | None = None,
+    canonical_convolutions: bool | None = None,
+    noise_generator: str = "hash",
+    reuse_gradient: bool = True,
+    keep_inner_state: bool = False,
+    compute_dtype: Any = None,
+    output: str = "gradient",
+) -> optax.GradientTransformationExtraArgs:
+    """Replaces the gradient by a chain average of gradients: the heat-equation relaxation.
+
+    The HEAT optimizer of the *Deep Relaxation* research code (Chaudhari et al.
+    2018, the table's "Heat" column): the inner loop of :func:`local_entropy`
+    with a strong coupling, and the *uniform* average of the inner iterates
+    (the start and the L iterates, divided by L + 1) instead of the exponential
+    one::
+
+        y ← y − η′ (∇f_ℓ(y) + (y − x)/γ + λ y) + ε √(2η′) ξ,   ξ ~ N(0, I)
+        μ = (y₀ + y₁ + … + y_L)/(L + 1)                           (y₀ = x)
+        update = (x − μ)/γ
+
+    Summing the L steps gives, with the default inner SGD, exactly::
+
+        (x − μ)/γ = [Σ_ℓ (∇f_ℓ(y_ℓ) + λ y_ℓ) − ε √(2/η′) Σ_ℓ ξ_ℓ + (1/η′ − 1/γ)(y_L − x)] / (L + 1)
+
+    (ℓ = 0 … L − 1): the average of the gradients along the chain, times
+    L/(L + 1), plus zero-mean noise; at η′ = γ (the research code's 0.1 and
+    coupling 10) the last term vanishes. While the coupling dominates the loss's
+    curvature (γ‖∇²f‖ ≪ 1) the chain's points are Gaussian around x with variance
+    ``t = 2γε²/(2 − η′/γ)`` per coordinate (γε² = γ/β as η′/γ → 0; 2γε² at η′ = γ),
+    so the output estimates ∇(G_t ∗ f)(x) = E[∇f(x + √t z)], the gradient of the
+    heat-equation solution u_t = ½Δu, u(·, 0) = f, at time t
+    (``relaxjax.pde.heat_gradient_at``), up to O(γ ‖∇²f‖ ‖∇f‖): the chain sits
+    around x − γ∇f(x), the Gibbs tilt that makes a long chain's average tend to
+    the local-entropy gradient E_ρ[∇f] = ∇f_γ (the heat solution at time γ/β is
+    the β → 0 limit of the local entropy at fixed γ/β). At equal L the uniform
+    average is far less noisy than the exponential one (variance ∝ 1/L against
+    ≈ (1 − α)/(1 + α)), which is what makes the high-temperature estimate usable.
+
+    With the research code's noise ε = 1e-4 the Gaussian smoothing is negligible
+    (t = 2e-9 at γ = η′ = 0.1); there the chain's spread comes from the
+    mini-batch noise of the L gradients, and the step is close to SGD on the
+    average of L mini-batch gradients. Call convention and cost as
+    :func:`local_entropy` (L gradient evaluations per outer step).
+
+    Args:
+      gamma: scope γ > 0 (float or schedule); the research code's HEAT uses a
+        coupling of 10, i.e. ``gamma=0.1``.
+      num_steps: L ≥ 1 inner steps per outer step; None (default):
+        ``HEAT_NUM_STEPS`` = 100, the research code's.
+      step_size: inner step η′ > 0 (float or schedule); 0.1 in the research code.
+        With the default inner SGD, η′ < 2γ.
+      noise: ε ≥ 0, the Langevin noise scale (temperature ε²); the heat time is
+        t = 2γε²/(2 − η′/γ).
+      weight_decay: λ ≥ 0, L2 penalty inside the inner loop.
+      inner_optimizer: an Optax transform replacing the inner SGD step, as in
+        :func:`local_entropy`.
+      seed: an int or a PRNG key for the Langevin noise.
+      unroll: forwarded to ``jax.lax.scan``.
+      canonical_convolutions: see :func:`local_entropy`.
+      noise_generator: see :func:`local_entropy`.
+      reuse_gradient: see :func:`local_entropy`.
+      keep_inner_state: see :func:`local_entropy` (the research code keeps one
+        inner momentum buffer for the whole run).
+      compute_dtype: see :func:`local_entropy`.
+      output: ``"gradient"`` (default): (x − μ)/γ; ``"displacement"``: x − μ.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn``
+      (as :func:`local_entropy`'s); its state is a :class:`RelaxationState`
+      (:class:`RelaxationStateWithInner` with ``keep_inner_state``).
+
+    Raises:
+      ValueError: as :func:`local_entropy`.
+
+    References:
+      Chaudhari et al., *Deep Relaxation* (2018), the heat equation and the Heat
+      column of its table; the research code's ``HEAT`` (``code/optim.py``).
+      ``docs/deep-relaxation.md`` §1.3, ``docs/algorithms.md`` §1.1.
+
+    Example:
+      f(y) = cos(2y)/4 has f′(x) = −sin(2x)/2, and its heat solution the gradient
+      e^(−2t) f′(x). Four thousand independent chains at x = 0.6 (one coordinate
+      each) with η′ = γ = 0.02 and ε = 5, i.e. t = 2γε² = 1:
+
+      >>> import math
+      >>> import jax, jax.numpy as jnp
+      >>> import relaxjax
+      >>> loss = lambda y: jnp.sum(jnp.cos(2 * y)) / 4
+      >>> grad_fn = lambda y, i: jax.grad(loss)(y)
+      >>> tx = relaxjax.heat_smoothing(0.02, num_steps=500, step_size=0.02, noise=5.0)
+      >>> @jax.jit
+      ... def relax(x, state):
+      ...     return tx.update(jax.grad(loss)(x), state, x, grad_fn=grad_fn)[0]
+      >>> x = jnp.full((4000,), 0.6)
+      >>> estimate = float(jnp.mean(relax(x, tx.init(x))))
+      >>> slope = -float(jnp.sin(1.2)) / 2
+      >>> heat = math.exp(-2.0) * slope  # the heat solution's gradient at t = 1
+      >>> abs(estimate - heat) < 0.1, abs(estimate - slope) > 0.3
+      (True, True)
+    """
+    return _relaxation(
+        gamma=gamma,
+        num_steps=num_steps,
+        step_size=step_size,
+        noise=noise,
+        alpha=0.0,  # unused: the average is uniform
+        weight_decay=weight_decay,
+        inner_optimizer=inner_optimizer,
+        seed=seed,
+        unroll=unroll,
+        canonical_convolutions=canonical_convolutions,
+        noise_generator=noise_generator,
+        reuse_gradient=reuse_gradient,
+        keep_inner_state=keep_inner_state,
+        compute_dtype=compute_dtype,
+        output=output,
+        average="uniform",
+        default_num_steps=HEAT_NUM_STEPS,
     )

@@ -116,6 +116,7 @@ FLAG_FIELDS = {
     "noise": "optimizer.noise",
     "alpha": "optimizer.alpha",
     "inner_momentum": "optimizer.inner_momentum",
+    "inner_momentum_buffer": "optimizer.inner_momentum_buffer",
     "replicas": "optimizer.replicas",
     "elastic_rho": "optimizer.elastic_rho",
     "elastic_rho_max": "optimizer.elastic_rho_max",
@@ -148,9 +149,10 @@ FLAG_OPTIMIZERS = {
     "gamma": RELAXATIONS,
     "scoping": RELAXATIONS,
     "step_size": RELAXATIONS,
-    "alpha": RELAXATIONS,
+    "alpha": tuple(name for name in RELAXATIONS if name != "heat"),  # heat: uniform
     "noise": tuple(name for name in RELAXATIONS if name != "hj"),
     "inner_momentum": INNER_SGD_RELAXATIONS,
+    "inner_momentum_buffer": INNER_SGD_RELAXATIONS,
     "replicas": ("parle",),
     "elastic_rho": ("parle",),
     "elastic_rho_max": ("parle",),
@@ -196,7 +198,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a network of the paper",
         description="Train a network of Deep Relaxation with SGD, Adam, Entropy-SGD, "
-        "Entropy-Adam or HJ. Budgets are in effective epochs (passes of gradient "
+        "Entropy-Adam, HJ or HEAT. Budgets are in effective epochs (passes of gradient "
         "evaluations over the training set).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -229,19 +231,21 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="L2 coefficient [MNIST 0, CIFAR 1e-3]",
     )
-    p.add_argument("-L", "--num-steps", type=COUNT, default=20, help="inner steps L")
+    p.add_argument(
+        "-L", "--num-steps", type=COUNT, default=None, help="inner steps L [20; heat 100]"
+    )
     p.add_argument(
         "--gamma",
         type=POSITIVE,
         default=None,
         help="initial scope gamma_0 (PDE time) = 1/coupling of the original code "
-        "[MNIST 1e4, CIFAR 1/0.03]",
+        "[MNIST 1e4, CIFAR 1/0.03; heat 0.1]",
     )
     p.add_argument(
         "--scoping",
         type=NON_NEGATIVE,
-        default=1e-3,
-        help="coupling growth per outer step: gamma_t = gamma_0 (1 + scoping)^-t",
+        default=None,
+        help="coupling growth per outer step: gamma_t = gamma_0 (1 + scoping)^-t [1e-3; heat 0]",
     )
     p.add_argument(
         "--step-size", type=POSITIVE, default=None, help="inner step eta' [0.1; entropy-adam 1e-3]"
@@ -257,8 +261,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--inner-momentum",
         type=FRACTION,
         default=0.0,
-        help="Nesterov momentum of the inner steps, kept across outer steps (entropy-sgd, hj; "
-        "the authors' PyTorch code: 0.9) [0: plain inner SGD, the papers' algorithm]",
+        help="Nesterov momentum of the inner steps (entropy-sgd, hj, heat; the authors' "
+        "code: 0.9) [0: plain inner SGD, the papers' algorithm]",
+    )
+    p.add_argument(
+        "--inner-momentum-buffer",
+        choices=("reset", "keep"),
+        default="reset",
+        help="with --inner-momentum: reset = zeroed at every outer step, as the authors' "
+        "Entropy-SGD code (Lua, PyTorch), whose settings the defaults follow; keep = one "
+        "buffer for the whole run, as their Deep Relaxation research code",
     )
     p.add_argument("--replicas", type=COUNT, default=None, help="parle: number of replicas n [3]")
     p.add_argument(
@@ -375,6 +387,8 @@ def config_from_args(args: argparse.Namespace):
         "noise": None if args.optimizer == "hj" else args.noise,  # HJ is noise-free
         "elastic_rho": args.elastic_rho if parle else None,
         "replicas": args.replicas,
+        "num_steps": args.num_steps,
+        "scoping": args.scoping,
     }
     optimizer = {k: v for k, v in given.items() if v is not None}
     config = presets.preset(
@@ -384,10 +398,9 @@ def config_from_args(args: argparse.Namespace):
         epochs=5.0 if args.epochs is None else args.epochs,
         lr_decay=args.lr_decay,
         momentum=args.momentum,
-        num_steps=args.num_steps,
-        scoping=args.scoping,
         alpha=args.alpha,
         inner_momentum=args.inner_momentum,
+        inner_momentum_buffer=args.inner_momentum_buffer,
         elastic_rho_max=args.elastic_rho_max,
         gamma_min=args.gamma_min,
         batch_size=args.batch_size,

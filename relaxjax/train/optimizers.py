@@ -1,6 +1,7 @@
 """The optimizers of the training command, built by name from a configuration.
 
-Names: ``sgd`` (Nesterov), ``adam``, ``entropy-sgd``, ``entropy-adam``, ``hj``, ``parle``.
+Names: ``sgd`` (Nesterov), ``adam``, ``entropy-sgd``, ``entropy-adam``, ``hj``, ``heat``,
+``parle``.
 Relaxation methods take L inner steps per outer step and therefore consume L
 mini-batches (L gradient evaluations) per outer step; ``sgd`` and ``adam`` take
 one. Learning rates follow a step decay in *effective epochs* (passes over
@@ -11,6 +12,16 @@ the original code and in ``relaxjax.entropy_sgd``, the rate on the
 displacement x − μ (the relaxations are built with ``output="displacement"``).
 ``lr = 1`` without momentum moves x to the running average μ: for Hopf-Lax
 that is the proximal-point step x ← prox_{γf}(x).
+
+``heat`` (``relaxjax.heat_smoothing``): the HEAT optimizer of the Deep Relaxation
+research code, the Entropy-SGD inner loop with a strong coupling and the uniform
+average of the inner iterates; its preset is that code's (coupling 10, L = 100).
+
+Inner momentum (``inner_momentum``, ``entropy-sgd``, ``hj`` and ``heat``): Nesterov
+momentum on the inner SGD steps. ``inner_momentum_buffer="reset"`` (default) zeroes
+its buffer at every outer step, as the authors' Entropy-SGD code (Lua and PyTorch)
+does, whose settings the presets follow; ``"keep"`` carries one buffer through the
+whole run, as their Deep Relaxation research code does.
 
 ``parle`` (``relaxjax.parle``): n = ``replicas`` Entropy-SGD replicas, each on
 its own L mini-batches, so an outer step costs n·L gradient evaluations. In
@@ -29,15 +40,18 @@ import jax
 import optax
 
 from relaxjax.core.parle import coupling_schedule, parle
-from relaxjax.core.relaxation import hopf_lax, local_entropy
+from relaxjax.core.relaxation import heat_smoothing, hopf_lax, local_entropy
 from relaxjax.core.schedules import scoping
 
 __all__ = ["OPTIMIZERS", "OptimizerConfig", "make_optimizer"]
 
-OPTIMIZERS = ("sgd", "entropy-sgd", "hj", "adam", "entropy-adam", "parle", "emsa")
-RELAXATIONS = ("entropy-sgd", "hj", "entropy-adam", "parle")
+OPTIMIZERS = ("sgd", "entropy-sgd", "hj", "heat", "adam", "entropy-adam", "parle", "emsa")
+RELAXATIONS = ("entropy-sgd", "hj", "heat", "entropy-adam", "parle")
 # The relaxations whose inner loop is plain SGD, and so can take inner momentum.
-INNER_SGD_RELAXATIONS = ("entropy-sgd", "hj")
+INNER_SGD_RELAXATIONS = ("entropy-sgd", "hj", "heat")
+INNER_MOMENTUM_BUFFERS = ("reset", "keep")
+"""What happens to the inner momentum between outer steps: zeroed (the Entropy-SGD code,
+Lua and PyTorch) or kept, one buffer for the whole run (the Deep Relaxation research code)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +70,16 @@ class OptimizerConfig:
       scoping: per-outer-step growth r of the coupling 1/γ: γ_t = γ₀ (1 + r)^−t.
       step_size: inner step η′ (the inner Adam step for entropy-adam).
       noise: Langevin noise ε (temperature ε²); HJ uses none.
-      alpha: running-average weight α on the old average.
+      alpha: running-average weight α on the old average (``heat`` averages its
+        inner iterates uniformly and ignores it).
       inner_momentum: Nesterov momentum of the inner SGD steps (``entropy-sgd``,
-        ``hj``), its buffer carried across outer steps as in the authors' PyTorch
-        code (0.9 there); 0 (default): plain inner SGD, the papers' algorithm.
+        ``hj``, ``heat``; 0.9 in the authors' code); 0 (default): plain inner SGD,
+        the papers' algorithm.
+      inner_momentum_buffer: ``"reset"`` (default): the inner momentum buffer is
+        zeroed at every outer step, as in the authors' Entropy-SGD code (Lua
+        ``entropyoptim.lua``, PyTorch ``python/optim.py``); ``"keep"``: one buffer
+        for the whole run, as in their Deep Relaxation research code (``ESGD`` in
+        ``code/optim.py``). Only with ``inner_momentum``.
       replicas: Parle's number of replicas n (``parle`` only).
       elastic_rho: Parle's initial elastic coupling ρ₀ on x − x̄ (original code's convention).
       elastic_rho_max: cap on ρ_t = ρ₀ (1 + scoping)^t (Parle).
@@ -73,8 +93,10 @@ class OptimizerConfig:
       msa_penalty: ``sum`` (the paper's formula) or ``mean`` penalty normalisation.
 
     Raises:
-      ValueError: for an unknown name, ``replicas < 1``, or ``inner_momentum`` outside
-        [0, 1) or given for a method without an inner SGD.
+      ValueError: for an unknown name, ``replicas < 1``, ``inner_momentum`` outside
+        [0, 1) or given for a method without an inner SGD, or an
+        ``inner_momentum_buffer`` other than ``reset`` and ``keep`` (``keep`` without
+        ``inner_momentum``).
 
     References:
       ``docs/cli.md`` §1.1-§1.2, ``docs/conventions.md`` §1-§4 (γ against the coupling,
@@ -103,6 +125,7 @@ class OptimizerConfig:
     noise: float = 1e-4
     alpha: float = 0.75
     inner_momentum: float = 0.0
+    inner_momentum_buffer: str = "reset"
     replicas: int = 1
     elastic_rho: float = 0.0
     elastic_rho_max: float = 1.0
@@ -125,8 +148,16 @@ class OptimizerConfig:
             raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum}")
         if self.inner_momentum and self.name not in INNER_SGD_RELAXATIONS:
             raise ValueError(
-                f"inner_momentum applies to the inner SGD of entropy-sgd and hj, not {self.name!r}"
+                f"inner_momentum applies to the inner SGD of {', '.join(INNER_SGD_RELAXATIONS)}, "
+                f"not {self.name!r}"
             )
+        if self.inner_momentum_buffer not in INNER_MOMENTUM_BUFFERS:
+            raise ValueError(
+                f"inner_momentum_buffer must be one of {INNER_MOMENTUM_BUFFERS}, got "
+                f"{self.inner_momentum_buffer!r}"
+            )
+        if self.inner_momentum_buffer == "keep" and not self.inner_momentum:
+            raise ValueError("inner_momentum_buffer='keep' needs an inner_momentum > 0")
 
     @property
     def inner_steps(self) -> int:
@@ -212,9 +243,13 @@ def make_optimizer(
     )
     if config.inner_momentum:
         inner_sgd = optax.sgd(config.step_size, momentum=config.inner_momentum, nesterov=True)
-        common.update(inner_optimizer=inner_sgd, keep_inner_state=True)
+        keep = config.inner_momentum_buffer == "keep"
+        common.update(inner_optimizer=inner_sgd, keep_inner_state=keep)
     if config.name == "hj":
         relaxation = hopf_lax(**common)
+    elif config.name == "heat":
+        del common["alpha"]  # the average is uniform
+        relaxation = heat_smoothing(**common, noise=config.noise, seed=seed)
     elif config.name == "entropy-adam":
         inner = optax.adam(config.step_size)
         relaxation = local_entropy(**common, noise=config.noise, inner_optimizer=inner, seed=seed)

@@ -9,6 +9,9 @@ of ``docs/deep-relaxation.md`` §2.3 and §3.3):
   (scope 100), floored at γ = 1;
 * L = 20 inner steps of size η′ = 0.1 (Entropy-Adam: 1e-3), Langevin noise
   ε = 1e-4 (none for HJ and Parle), running-average weight α = 0.75;
+* HEAT (``heat``), the Deep Relaxation research code's ``HEAT``: coupling 10
+  (scope γ = 0.1) without scoping, L = 100 inner steps of η′ = 0.1, ε = 1e-4, the
+  uniform average of the inner iterates, on every data set;
 * the outer step: Nesterov momentum 0.9, learning rate 1 on x − μ for the
   relaxations (``docs/conventions.md`` §3), 0.1 for SGD, 1e-3 for Adam, multiplied
   by 0.2 at 50% and 75% of the budget; weight decay 1e-3 on CIFAR, 0 on MNIST;
@@ -54,6 +57,8 @@ INNER_STEP_SIZE = {"entropy-adam": 1e-3}
 """Inner step sizes η′ other than 0.1."""
 NOISELESS = ("hj", "parle")
 """Methods without Langevin noise by default."""
+HEAT = {"gamma": 0.1, "scoping": 0.0, "num_steps": 100}
+"""HEAT's settings (the research code's ``HEAT`` class: g0 = 10, g1 = 0, L = 100)."""
 PARLE_REPLICAS = 3
 """Parle's number of replicas n unless ``replicas=`` says otherwise."""
 DEFAULT_MODELS = {"mnist": "mnistfc", "cifar10": "allcnn", "cifar100": "allcnn"}
@@ -93,7 +98,8 @@ def optimizer_preset(
     if unknown:
         raise TypeError(f"not OptimizerConfig fields: {', '.join(sorted(unknown))}")
     cifar = dataset in CIFAR
-    num_steps = overrides.get("num_steps", OptimizerConfig.num_steps)
+    own = HEAT if name == "heat" else {}
+    num_steps = overrides.get("num_steps", own.get("num_steps", OptimizerConfig.num_steps))
     replicas = overrides.get("replicas", PARLE_REPLICAS) if name == "parle" else 1
     if name == "parle":
         gamma = PARLE_GAMMA
@@ -108,6 +114,7 @@ def optimizer_preset(
         "step_size": INNER_STEP_SIZE.get(name, 0.1),
         "noise": 0.0 if name in NOISELESS else 1e-4,
         "elastic_rho": 0.001 * num_steps * replicas if name == "parle" else 0.0,
+        **own,
     }
     values.update(overrides)
     values["replicas"] = replicas
@@ -126,8 +133,8 @@ def preset(
 
     Args:
       dataset: ``mnist``, ``cifar10``, ``cifar10-jpeg`` or ``cifar100``.
-      optimizer: an optimizer name (``sgd``, ``entropy-sgd``, ``hj``, ``adam``,
-        ``entropy-adam``, ``parle``, ``emsa``).
+      optimizer: an optimizer name (``sgd``, ``entropy-sgd``, ``hj``, ``heat``,
+        ``adam``, ``entropy-adam``, ``parle``, ``emsa``).
       model: the network (default: :data:`DEFAULT_MODELS` of the data set).
       epochs: the budget in effective epochs.
       **overrides: fields of :class:`~relaxjax.train.config.TrainConfig` (e.g.

@@ -33,6 +33,11 @@ TRANSFORMS = {
     "entropy_sgd": (relaxjax.entropy_sgd, dict(learning_rate=0.5, gamma=0.1, step_size=0.05)),
     "hj_sgd": (relaxjax.hj_sgd, dict(learning_rate=0.5, gamma=0.1, step_size=0.05)),
     "entropy_adam": (relaxjax.entropy_adam, dict(learning_rate=0.5, gamma=0.1, step_size=5e-3)),
+    "heat_smoothing": (
+        lambda **kw: optax.chain(relaxjax.heat_smoothing(**kw), optax.sgd(0.05)),
+        dict(gamma=0.1, step_size=0.05, noise=1e-3),
+    ),
+    "heat_sgd": (relaxjax.heat_sgd, dict(learning_rate=0.5, gamma=0.1, step_size=0.05)),
     "ls_sgd": (relaxjax.ls_sgd, dict(learning_rate=0.3, sigma=1.0)),
 }
 RELAXATIONS = [name for name in TRANSFORMS if name != "ls_sgd"]

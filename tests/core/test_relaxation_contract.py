@@ -296,9 +296,11 @@ def test_inner_optimizer_and_weight_decay():
 
 
 def _authors_inner_momentum_reference(x, a, b, gamma, num_steps, eta, momentum, alpha, lr, outer):
-    """The inner loop of the authors' PyTorch Entropy-SGD (noise 0) on f(y) = ½ a·y² − b·y,
-    written out: Nesterov momentum on the inner steps with one buffer for the whole run,
-    then a plain outer step x ← x − lr (x − μ)/γ."""
+    """The inner loop of the authors' Deep Relaxation research code (``ESGD``, noise 0) on
+    f(y) = ½ a·y² − b·y, written out: Nesterov momentum on the whole inner gradient with one
+    buffer for the whole run, then a plain outer step x ← x − lr (x − μ)/γ. Run one outer
+    step at a time it is the buffer zeroed at every outer step, as in their Entropy-SGD
+    code (Lua and PyTorch; there the momentum acts on the loss gradient only)."""
     buffer = np.zeros_like(x)
     for _ in range(outer):
         y, mu = x.copy(), x.copy()

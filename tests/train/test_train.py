@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -58,10 +59,14 @@ def test_cli_trains_entropy_sgd_on_mnist_and_plots(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("inner", [[], ["--inner-momentum", "0.9"]], ids=["sgd", "momentum"])
+@pytest.mark.parametrize(
+    "inner",
+    [[], ["--inner-momentum", "0.9", "--inner-momentum-buffer", "keep"]],
+    ids=["sgd", "momentum"],
+)
 def test_resumed_run_equals_uninterrupted_run(tmp_path, inner):
-    # With inner momentum the relaxation's state holds the momentum buffer, which the
-    # checkpoint must carry across the interruption.
+    # With the inner momentum kept across outer steps the relaxation's state holds the
+    # momentum buffer, which the checkpoint must carry across the interruption.
     argv = ["train", "--optimizer", "hj", "-L", "3", "--epochs", "2", *inner, *SMALL, *DATA_ARGS]
     config = cli.config_from_args(cli.build_parser().parse_args(argv))
     full = train(config, tmp_path / "full", progress=False)
@@ -107,16 +112,62 @@ def test_bad_inner_momentum_is_named(kwargs, message):
         OptimizerConfig(**kwargs)
 
 
-def test_inner_momentum_buffer_lives_in_the_optimizer_state():
-    tx = make_optimizer(OptimizerConfig("entropy-sgd", inner_momentum=0.9), 10)
+@pytest.mark.parametrize("name", ["entropy-sgd", "hj", "heat"])
+def test_inner_momentum_buffer_lives_in_the_optimizer_state(name):
+    """``keep`` (the Deep Relaxation research code) carries the buffer in the state;
+    ``reset`` (the default: the Entropy-SGD code zeroes it every outer step) has none."""
+    config = OptimizerConfig(name, inner_momentum=0.9, inner_momentum_buffer="keep")
     params = {"w": jnp.ones(3)}
-    relaxation_state = tx.init(params)[0]
+    relaxation_state = make_optimizer(config, 10).init(params)[0]
     (trace,) = [s for s in relaxation_state.inner_state if hasattr(s, "trace")]
     chex.assert_trees_all_equal(trace.trace, {"w": jnp.zeros(3)})
-    default = make_optimizer(OptimizerConfig("entropy-sgd"), 10).init(params)[0]
-    assert (
-        type(default) is relaxjax.RelaxationState
-    )  # checkpoints of default runs keep their layout
+    for config in (OptimizerConfig(name), OptimizerConfig(name, inner_momentum=0.9)):
+        state = make_optimizer(config, 10).init(params)[0]
+        assert type(state) is relaxjax.RelaxationState  # checkpoints keep their layout
+
+
+def test_inner_momentum_buffer_reset_or_kept_changes_the_steps():
+    """From the second outer step on, a kept buffer moves the weights otherwise."""
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    grad = jax.grad(lambda p: 0.5 * jnp.sum(p["w"] ** 4))
+    finals = {}
+    for buffer in ("reset", "keep"):
+        config = OptimizerConfig(
+            "hj", num_steps=4, gamma=1.0, inner_momentum=0.9, inner_momentum_buffer=buffer
+        )
+        tx, p = make_optimizer(config, 10), params
+        state = tx.init(p)
+        for _ in range(3):
+            updates, state = tx.update(grad(p), state, p, grad_fn=lambda y, i: grad(y))
+            p = optax.apply_updates(p, updates)
+        finals[buffer] = p["w"]
+    assert not np.allclose(finals["reset"], finals["keep"])
+    with pytest.raises(ValueError, match="inner_momentum_buffer must be one of"):
+        OptimizerConfig("hj", inner_momentum=0.9, inner_momentum_buffer="zero")
+    with pytest.raises(ValueError, match="needs an inner_momentum"):
+        OptimizerConfig("hj", inner_momentum_buffer="keep")
+
+
+@pytest.mark.slow
+def test_cli_trains_heat_with_the_research_codes_settings(tmp_path):
+    """``--optimizer heat``: coupling 10 (γ = 0.1), no scoping, L inner steps a step."""
+    run = tmp_path / "heat"
+    argv = ["train", "--optimizer", "heat", "-L", "4", "--epochs", "1", "--refresh-batches", "2"]
+    argv += ["--run-dir", str(run)]
+    assert cli.main([*argv, *SMALL, *DATA_ARGS]) == 0
+    saved = json.loads((run / "config.json").read_text())["optimizer"]
+    assert (saved["name"], saved["gamma"], saved["scoping"], saved["num_steps"]) == (
+        "heat",
+        0.1,
+        0.0,
+        4,
+    )
+    (metrics,) = read_metrics(run)
+    assert metrics["gradient_evaluations"] == 4 * (1024 // (64 * 4))
+    assert metrics["gamma"] == pytest.approx(0.1)  # no scoping
+    assert np.isfinite(metrics["train_loss"]) and metrics["test_error"] < 0.9
+    default = cli.config_from_args(cli.build_parser().parse_args(["train", "--optimizer", "heat"]))
+    assert default.optimizer.num_steps == 100  # the research code's L
 
 
 @pytest.mark.parametrize(
