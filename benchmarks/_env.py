@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 import relaxjax
@@ -26,6 +27,8 @@ __all__ = [
     "json_text",
     "machine",
     "now",
+    "provenance_lines",
+    "smoke_mnist",
     "versions",
     "write_json",
 ]
@@ -70,6 +73,24 @@ def now() -> str:
 def environment(date_key: str = "date") -> dict[str, str]:
     """The machine, library versions and date written beside every figure."""
     return {"machine": machine(), "versions": versions(), date_key: now()}
+
+
+def provenance_lines(result: dict[str, Any]) -> list[str]:
+    """The Markdown list that heads a results file: command, machine, versions, date."""
+    return [
+        f"- {key}: `{result[key]}`" if key == "command" else f"- {key}: {result[key]}"
+        for key in ("command", "machine", "versions", "date")
+    ]
+
+
+def smoke_mnist(num_examples: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """Generated MNIST-shaped (train, test) uint8 images and int32 labels for ``--smoke``
+    runs: two classes told apart by brightness, half the examples in each split."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(num_examples, 28, 28, 1), dtype=np.uint8)
+    labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int32)
+    split = num_examples // 2
+    return (images[:split], labels[:split]), (images[split:], labels[split:])
 
 
 def command_line(script: str, argv: list[str] | None) -> str:

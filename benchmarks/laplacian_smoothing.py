@@ -29,17 +29,13 @@ from relaxjax import data, models
 from relaxjax.core.laplacian_smoothing import laplacian_smooth, ls_sgd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import command_line, environment, write_json  # noqa: E402
+from _env import command_line, environment, provenance_lines, smoke_mnist, write_json  # noqa: E402
 
 
 def load(args):
     """(train images, train labels, test images, test labels), normalised float32 NHWC."""
-    if args.smoke:  # generated digits-shaped data: two classes told apart by brightness
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, size=(args.smoke_examples, 28, 28, 1), dtype=np.uint8)
-        labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int32)
-        split = args.smoke_examples // 2
-        train, test = (images[:split], labels[:split]), (images[split:], labels[split:])
+    if args.smoke:
+        train, test = smoke_mnist(args.smoke_examples)
     else:
         train = data.load_dataset("mnist", "train", data_dir=args.data_dir, download=False)
         test = data.load_dataset("mnist", "test", data_dir=args.data_dir, download=False)
@@ -183,10 +179,7 @@ def write_markdown(path, result):
     lines = [
         "# LS-SGD beside SGD on MNIST",
         "",
-        f"- command: `{result['command']}`",
-        f"- machine: {result['machine']}",
-        f"- versions: {result['versions']}",
-        f"- date: {result['date']}",
+        *provenance_lines(result),
         "",
         f"{config['model']} on {config['data']}, {config['epochs']} epochs of "
         f"{config['steps_per_epoch']} steps (batch {config['batch_size']}), learning rate "
@@ -296,7 +289,6 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "laplacian_smoothing.json", result)
     write_markdown(out / "laplacian_smoothing.md", result)
     for s in result["summary"]:

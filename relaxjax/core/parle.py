@@ -98,8 +98,8 @@ class ElasticState(NamedTuple):
     elastic_count: jax.Array
 
 
-class Parle(NamedTuple):
-    """The Parle optimizer: ``init``/``update`` like an Optax transform, plus its layout.
+class Parle(optax.GradientTransformationExtraArgs):
+    """The Parle optimizer: an Optax ``GradientTransformationExtraArgs`` plus its layout.
 
     ``init(params) -> ParleState``: every replica starts at ``params`` (= x̄₀).
 
@@ -109,19 +109,31 @@ class Parle(NamedTuple):
     on inner mini-batch i (1 … L − 1) of the replica whose slice of
     ``replica_data`` (any pytree with leading axis n; default: the replica
     index) is ``data``. The replicas advance inside the returned state and
-    ``updates`` moves x̄ toward their average (``optax.apply_updates``).
+    ``updates`` moves x̄ toward their average (``optax.apply_updates``). Being an
+    Optax transform with extra arguments, it passes ``grad_fn`` through Optax's
+    wrappers (``optax.inject_hyperparams``, ``relaxjax.apply_if_finite``).
 
     Attributes:
       init: ``init(params) -> ParleState``.
       update: ``update(grads, state, params, *, grad_fn, replica_data=None)``.
-      num_replicas: n, the length of the replicas' leading axis.
+      num_replicas: n, the length of the replicas' leading axis (None in the copy
+        ``optax.inject_hyperparams`` rebuilds inside a jitted update).
       mesh: the mesh the replicas are sharded over, or None (vmap).
     """
 
-    init: Callable[[optax.Params], ParleState]
-    update: Callable[..., tuple[optax.Updates, ParleState]]
-    num_replicas: int
+    num_replicas: int | None
     mesh: Mesh | None
+
+    def __new__(
+        cls,
+        init: Callable[[optax.Params], ParleState],
+        update: Callable[..., tuple[optax.Updates, ParleState]],
+        num_replicas: int | None,
+        mesh: Mesh | None,
+    ) -> Parle:
+        self = super().__new__(cls, init, update)
+        self.num_replicas, self.mesh = num_replicas, mesh
+        return self
 
 
 def coupling_schedule(
@@ -288,6 +300,21 @@ def replica_map(fn: Callable, *, mesh: Mesh | None = None) -> Callable:
     )
 
 
+def _replica_count(num_replicas: object) -> int | None:
+    """n as an int; None when traced.
+
+    ``optax.inject_hyperparams`` turns every numeric argument into an array, concrete when
+    it builds the state and traced when it rebuilds the transform inside a jitted update,
+    which reads n off the state instead.
+    """
+    if isinstance(num_replicas, jax.core.Tracer):
+        return None
+    if isinstance(num_replicas, jax.Array) and num_replicas.ndim == 0:
+        if jnp.issubdtype(num_replicas.dtype, jnp.integer):
+            num_replicas = int(num_replicas)
+    return hyperparams.check_num_steps("num_replicas", num_replicas)
+
+
 def _stack(tree: Any, n: int) -> Any:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
 
@@ -370,8 +397,9 @@ def parle(
       >>> bool(loss(x, None) < 2.5)
       True
     """
-    num_replicas = hyperparams.check_num_steps("num_replicas", num_replicas)
-    if not 0.0 < reference_rate <= 1.0:
+    num_replicas = _replica_count(num_replicas)
+    rate = hyperparams.concrete_value(reference_rate)  # None: traced, checked at trace time
+    if rate is not None and not 0.0 < rate <= 1.0:
         raise ValueError(f"reference_rate must lie in (0, 1], got {reference_rate!r}.")
     replica_tx = optax.chain(
         local_entropy(
@@ -392,6 +420,11 @@ def parle(
     stacked = P(REPLICA_AXIS)
 
     def init_fn(params: optax.Params) -> ParleState:
+        if num_replicas is None:
+            raise ValueError(
+                "parle's num_replicas must be known when the state is built: a Python int "
+                "(under optax.inject_hyperparams, call init outside jax.jit)."
+            )
         replicas = _stack(params, num_replicas)
         states = jax.vmap(replica_tx.init)(replicas)
         keys = jnp.stack([replica_key(seed, a) for a in range(num_replicas)])
@@ -411,7 +444,8 @@ def parle(
         if params is None:
             raise ValueError("parle needs the reference x̄: call update(grads, state, params, ...).")
         if replica_data is None:
-            replica_data = jnp.arange(num_replicas, dtype=jnp.int32)
+            count = jax.tree.leaves(state.replicas)[0].shape[0]
+            replica_data = jnp.arange(count, dtype=jnp.int32)
         grads, replicas, states, replica_data = constrain(
             (grads, state.replicas, state.replica_states, replica_data), mesh, stacked
         )

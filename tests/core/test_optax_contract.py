@@ -4,7 +4,12 @@ Each entry of ``TRANSFORMS`` builds a transform from its hyper-parameters; every
 below runs over all of them, so a transform added to the registry gets the whole
 contract: jit, vmap over seeds, ``optax.inject_hyperparams`` without ``static_args``
 (and changing γ or the rate through ``state.hyperparams``), ``optax.MultiSteps``,
-skipping non-finite steps, bfloat16 parameters, stable state shapes, convergence.
+skipping non-finite steps, bfloat16 parameters, stable state shapes, batches sharded
+over devices, convergence on a parabola and on Rosenbrock's function.
+
+Parle is in the registry too: its state holds the replicas, so ``_update`` gives it the
+gradient at every replica and its ``grad_fn(y, i, data)``. It is left out of one test
+only, ``optax.MultiSteps``, with the reason in ``NOT_APPLICABLE``.
 """
 
 import jax
@@ -40,11 +45,46 @@ TRANSFORMS = {
     "heat_sgd": (relaxjax.heat_sgd, dict(learning_rate=0.5, gamma=0.1, step_size=0.05)),
     "ls_sgd": (relaxjax.ls_sgd, dict(learning_rate=0.3, sigma=1.0)),
 }
+TRANSFORMS["parle"] = (
+    relaxjax.parle,
+    dict(learning_rate=0.5, gamma=0.1, rho=0.1, num_replicas=2, step_size=0.05, noise=1e-3),
+)
 RELAXATIONS = [name for name in TRANSFORMS if name != "ls_sgd"]
+TRANSFORMS_ONLY = ("local_entropy", "hopf_lax", "heat_smoothing")  # chained in the registry
+ALIASES = [name for name in TRANSFORMS if name not in TRANSFORMS_ONLY]
+NOT_APPLICABLE = {
+    # optax.MultiSteps accumulates gradients shaped like the parameters; Parle's carry
+    # the replica axis (one gradient per replica).
+    ("multisteps", "parle"): "the gradient has a replica axis",
+}
+
+
+def _applicable(test, names):
+    return [n for n in names if (test, n) not in NOT_APPLICABLE]
+
+
+# name -> (hyper-parameter overrides, outer steps) that reach Rosenbrock's minimum (1, 1)
+# from (−0.5, 1): its valley has curvature ~1000, so inner steps of 1e-3 (< 2/1000).
+ROSENBROCK = {
+    "local_entropy": (dict(gamma=0.03, step_size=1e-3, num_steps=10), 1000),
+    "hopf_lax": (dict(gamma=0.03, step_size=1e-3, num_steps=10), 1000),
+    "entropy_sgd": (dict(learning_rate=1.0, gamma=0.01, step_size=1e-3, num_steps=10), 300),
+    "hj_sgd": (dict(learning_rate=1.0, gamma=0.01, step_size=1e-3, num_steps=10), 300),
+    "entropy_adam": (dict(learning_rate=1.0, gamma=0.01, step_size=3e-3, num_steps=10), 300),
+    "ls_sgd": (dict(learning_rate=2e-3, sigma=0.5, momentum=0.9), 1000),
+    "parle": (dict(learning_rate=1.0, gamma=0.01, step_size=1e-3, num_steps=10), 300),
+    "heat_smoothing": (dict(gamma=0.03, step_size=1e-3, num_steps=20), 1000),
+    "heat_sgd": (dict(learning_rate=1.0, gamma=0.01, step_size=1e-3, num_steps=10), 300),
+}
 
 
 def _loss(params):
     return 0.5 * jnp.sum(params["w"] ** 2) + jnp.sum((params["b"] - 1.0) ** 2)
+
+
+def _rosenbrock(params):
+    a, b = params["x"][0], params["x"][1]
+    return (1.0 - a) ** 2 + 100.0 * (b - a**2) ** 2
 
 
 PARAMS = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([3.0])}
@@ -55,11 +95,19 @@ def _grad_fn(loss):
     return lambda p, i: grad(p)
 
 
-def _step(tx, loss=_loss):
-    grad = jax.grad(loss)
+def _update(tx, state, params, grad, grad_fn):
+    """``tx.update`` with ``grad`` at the parameters and ``grad_fn(y, i)``; for Parle
+    (a state with ``replicas``), ``grad`` at every replica and ``grad_fn(y, i, data)``."""
+    replicas = optax.tree_utils.tree_get(state, "replicas")
+    if replicas is None:
+        return tx.update(grad(params), state, params, grad_fn=grad_fn)
+    replica_grad_fn = lambda y, i, data: grad_fn(y, i)  # noqa: E731
+    return tx.update(jax.vmap(grad)(replicas), state, params, grad_fn=replica_grad_fn)
 
+
+def _step(tx, loss=_loss):
     def step(params, state):
-        updates, state = tx.update(grad(params), state, params, grad_fn=_grad_fn(loss))
+        updates, state = _update(tx, state, params, jax.grad(loss), _grad_fn(loss))
         return optax.apply_updates(params, updates), state
 
     return step
@@ -89,7 +137,17 @@ def test_converges_on_a_parabola_under_jit_with_stable_state_shapes(name):
     np.testing.assert_allclose(params["b"], 1.0, atol=2e-2)
 
 
-@pytest.mark.parametrize("name", ["entropy_sgd", "hj_sgd", "entropy_adam", "ls_sgd"])
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_converges_on_rosenbrock(name):
+    assert name in ROSENBROCK, f"add {name}'s Rosenbrock hyper-parameters to ROSENBROCK"
+    overrides, steps = ROSENBROCK[name]
+    start = {"x": jnp.array([-0.5, 1.0])}
+    params, _ = _run(_build(name, **overrides), params=start, steps=steps, loss=_rosenbrock)
+    np.testing.assert_allclose(params["x"], [1.0, 1.0], atol=2e-2)
+    assert float(_rosenbrock(params)) < 1e-3
+
+
+@pytest.mark.parametrize("name", ALIASES)
 def test_inject_hyperparams_without_static_args(name):
     factory, hyper = TRANSFORMS[name]
     tx = optax.inject_hyperparams(factory)(**hyper)
@@ -110,7 +168,7 @@ def test_inject_hyperparams_without_static_args(name):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["entropy_sgd", "hj_sgd", "entropy_adam"])
+@pytest.mark.parametrize("name", [n for n in ALIASES if n != "ls_sgd"])
 def test_inject_hyperparams_traces_momentum(name):
     factory, hyper = TRANSFORMS[name]
     tx = optax.inject_hyperparams(factory)(**hyper, momentum=0.5)
@@ -119,7 +177,7 @@ def test_inject_hyperparams_traces_momentum(name):
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("name", ["entropy_sgd", "hj_sgd"])
+@pytest.mark.parametrize("name", ["entropy_sgd", "hj_sgd", "parle"])
 def test_gamma_lowered_through_the_state_below_half_the_step_fails_clearly(name):
     factory, hyper = TRANSFORMS[name]
     tx = optax.inject_hyperparams(factory)(**hyper)
@@ -137,13 +195,18 @@ def test_tree_get_finds_the_relaxation_count_alone():
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
-def test_vmap_over_seeds_and_multisteps(name):
+def test_vmap_over_seeds(name):
     tx = _build(name)
     batched = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), PARAMS)
     params, _ = jax.vmap(_step(tx))(batched, jax.vmap(tx.init)(batched))
     one, _ = _step(tx)(PARAMS, tx.init(PARAMS))
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(one), strict=True):
         np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", _applicable("multisteps", TRANSFORMS))
+def test_multisteps(name):
+    tx = _build(name)
     multi = optax.MultiSteps(tx, every_k_schedule=2)
     step = jax.jit(_step(multi))
     state = multi.init(PARAMS)
@@ -167,7 +230,7 @@ def test_apply_if_finite_skips_a_nan_born_in_the_inner_loop(name):
     @jax.jit
     def step(params, state, grad_fn_nan_step):
         bad = _nan_at_inner_step(grad_fn_nan_step)
-        updates, state = tx.update(jax.grad(_loss)(params), state, params, grad_fn=bad)
+        updates, state = _update(tx, state, params, jax.grad(_loss), bad)
         return optax.apply_updates(params, updates), state
 
     params, new_state = step(PARAMS, state, 2)
@@ -187,7 +250,7 @@ def test_apply_if_finite_skips_a_nan_born_in_the_inner_loop(name):
 def test_optax_apply_if_finite_around_a_relaxation_is_refused(name):
     tx = optax.apply_if_finite(_build(name, num_steps=3), 2)
     with pytest.raises(ValueError, match="relaxjax.apply_if_finite"):
-        tx.update(PARAMS, tx.init(PARAMS), PARAMS, grad_fn=_grad_fn(_loss))
+        _update(tx, tx.init(PARAMS), PARAMS, jax.grad(_loss), _grad_fn(_loss))
 
 
 def test_optax_apply_if_finite_on_the_outer_optimizer_skips_the_step():
@@ -247,3 +310,71 @@ def test_alias_rate_is_on_the_displacement():
     updates, _ = tx.update(jax.grad(_loss)(x), tx.init(x), x, grad_fn=_grad_fn(_loss))
     for u, d in zip(jax.tree.leaves(updates), jax.tree.leaves(displacement), strict=True):
         np.testing.assert_allclose(u, -d, rtol=1e-6)
+
+
+_SHARDED_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
+sys.path.insert(0, sys.argv[1])
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from relaxjax.core.mesh import make_mesh
+import test_optax_contract as contract
+
+assert jax.device_count() == 4, jax.devices()
+mesh = make_mesh(4)
+L, B = 20, 32  # L >= every entry's num_steps (the default, 20)
+x = jax.random.normal(jax.random.PRNGKey(1), (L, B, 3))
+y = jnp.sin(x.sum(-1))
+sharded = jax.device_put((x, y), NamedSharding(mesh, P(None, "data")))
+replicated = jax.device_put(contract.PARAMS, NamedSharding(mesh, P()))
+
+def loss(params, batch):
+    inputs, targets = batch
+    return jnp.mean((inputs @ params["w"] + params["b"][0] - targets) ** 2)
+
+def make_step(tx):
+    @jax.jit
+    def step(params, state, batches):
+        batch = lambda i: jax.tree.map(lambda b: b[i], batches)
+        grad = lambda p: jax.grad(loss)(p, batch(0))
+        grad_fn = lambda p, i: jax.grad(loss)(p, batch(i))
+        updates, state = contract._update(tx, state, params, grad, grad_fn)
+        return optax.apply_updates(params, updates), state
+    return step
+
+for name in contract.TRANSFORMS:
+    tx = contract._build(name)
+    step = make_step(tx)
+    p1, s1 = contract.PARAMS, tx.init(contract.PARAMS)
+    p2, s2 = replicated, tx.init(replicated)
+    for _ in range(2):
+        p1, s1 = step(p1, s1, (x, y))
+        p2, s2 = step(p2, s2, sharded)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert len(p2["w"].sharding.device_set) == 4, name
+    assert not np.allclose(p1["w"], contract.PARAMS["w"]), name
+    print("SHARDED-OK", name, flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_batches_sharded_over_devices_give_the_single_device_update(cpu_subprocess_env):
+    """Every entry, with each mini-batch split over 4 simulated devices (a subprocess: the
+    device count is fixed when JAX starts) and the parameters replicated, takes the
+    steps it takes on one device."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run(
+        [sys.executable, "-c", _SHARDED_SCRIPT, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        env=cpu_subprocess_env,
+        timeout=600,
+    )
+    done = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("SHARDED")]
+    assert done == list(TRANSFORMS), result.stderr[-4000:]
