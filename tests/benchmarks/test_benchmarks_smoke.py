@@ -15,16 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_inner_loop_benchmark_smoke(tmp_path):
-    assert _load("inner_loop").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+def test_inner_loop_benchmark_smoke(tmp_path, load_benchmark):
+    assert load_benchmark("inner_loop").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "inner_loop.json").read_text())
     candidates = {row["candidate"] for row in results["timing"]}
     assert candidates == {
@@ -47,14 +39,14 @@ def test_inner_loop_benchmark_smoke(tmp_path):
     assert "| mnistfc |" in (tmp_path / "inner_loop.md").read_text()
 
 
-def test_inner_loop_flax_dropout_reference_traces_threefry_masks():
+def test_inner_loop_flax_dropout_reference_traces_threefry_masks(load_benchmark):
     """The flax-dropout reference row really traces flax's threefry masks (one
     ``random_bits`` per activation), through the networks' ``dropout_masks`` option."""
     import re
 
     import jax
 
-    inner_loop = _load("inner_loop")
+    inner_loop = load_benchmark("inner_loop")
 
     def mask_bits_shapes(model_options=()):
         params, batches, grad = inner_loop._problem("mnistfc", 1, 4, model_options)
@@ -68,11 +60,11 @@ def test_inner_loop_flax_dropout_reference_traces_threefry_masks():
     )
 
 
-def test_inner_loop_scan_reference_runs_the_baselines_sgd_steps():
+def test_inner_loop_scan_reference_runs_the_baselines_sgd_steps(load_benchmark):
     """The 'lax.scan' reference row times the very SGD steps of the baseline."""
     import jax
 
-    inner_loop = _load("inner_loop")
+    inner_loop = load_benchmark("inner_loop")
     params, batches, grad = inner_loop._problem("mnistfc", 3, 4)
     separate, separate_args = inner_loop.sgd_baseline(grad, params, batches, 3)
     scanned, scanned_args = inner_loop.sgd_scan(grad, params, batches, 3)
@@ -83,11 +75,11 @@ def test_inner_loop_scan_reference_runs_the_baselines_sgd_steps():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_paper_table_runner_smoke(tmp_path):
+def test_paper_table_runner_smoke(tmp_path, load_benchmark):
     shared = Path(__file__).resolve().parents[3] / "shared" / "data"
     data_args = ["--data-dir", str(shared)] if shared.is_dir() else []
     argv = ["--smoke", "--out-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
-    assert _load("paper_table").main(argv + data_args) == 0
+    assert load_benchmark("paper_table").main(argv + data_args) == 0
     rows = json.loads((tmp_path / "paper_table.json").read_text())["rows"]
     assert [(r["model"], r["optimizer"], r["seeds"]) for r in rows] == [("mnistfc-dr", "hj", 2)]
     assert all(0 <= r["final_error"][0] <= 100 for r in rows)
@@ -104,7 +96,7 @@ def test_paper_table_runner_smoke(tmp_path):
     assert environment["versions"].startswith("jax ")
     # --report-only rebuilds the same table from the run directories, training nothing.
     (tmp_path / "paper_table.json").unlink()
-    assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
+    assert load_benchmark("paper_table").main(argv + data_args + ["--report-only"]) == 0
     again = json.loads((tmp_path / "paper_table.json").read_text())["rows"]
     assert [r["final_error"] for r in again] == [r["final_error"] for r in rows]
     # Runs recorded in full are not trained again (a later session continues the table).
@@ -114,13 +106,13 @@ def test_paper_table_runner_smoke(tmp_path):
     # A run that has gone further than its record (a job still training) is recorded by
     # --record-in-progress; a plain --report-only leaves the records alone.
     (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").write_text("")
-    assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
+    assert load_benchmark("paper_table").main(argv + data_args + ["--report-only"]) == 0
     assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == ""
     extra = ["--report-only", "--record-in-progress"]
-    assert _load("paper_table").main(argv + data_args + extra) == 0
+    assert load_benchmark("paper_table").main(argv + data_args + extra) == 0
     assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == before
     shutil.rmtree(tmp_path / "runs")  # no checkpoints left: only the records remain
-    assert _load("paper_table").main(argv + data_args) == 0
+    assert load_benchmark("paper_table").main(argv + data_args) == 0
     assert not (tmp_path / "runs").exists()
     assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == before
     assert "| mnistfc-dr | hj | refreshed (50 batches) | 2 |" in table
@@ -131,20 +123,20 @@ def test_paper_table_runner_smoke(tmp_path):
     old_config["refresh_batches"] = 0  # how the records of those runs say it
     config_path.write_text(json.dumps(old_config))
     shutil.copytree(records / "mnistfc-dr-hj-s1", tmp_path / "runs" / "mnistfc-dr-hj-s1")
-    assert _load("paper_table").main(argv + data_args + ["--report-only"]) == 0
+    assert load_benchmark("paper_table").main(argv + data_args + ["--report-only"]) == 0
     table = (tmp_path / "paper_table.md").read_text()
     assert "| mnistfc-dr | hj | as trained | 1 |" in table  # each protocol its own row
-    assert _load("paper_table").main(argv + data_args) == 0
+    assert load_benchmark("paper_table").main(argv + data_args) == 0
     assert json.loads(config_path.read_text())["refresh_batches"] == 50
     superseded = list((tmp_path / "runs" / "superseded").iterdir())
     assert [p.name.rsplit("-", 1)[0] for p in superseded] == ["mnistfc-dr-hj-s1"]
     assert (records / "mnistfc-dr-hj-s0" / "metrics.jsonl").read_text() == before
 
 
-def test_paper_table_allcnn_cells(tmp_path):
+def test_paper_table_allcnn_cells(tmp_path, load_benchmark):
     """All-CNN trains on the CIFAR-10 JPEG copy with the CIFAR defaults, and its rows say
     which data they were measured on (no training here: one CIFAR step is a GPU's work)."""
-    table = _load("paper_table")
+    table = load_benchmark("paper_table")
     config = table.cell_config("allcnn", "entropy-sgd", 0, 200.0, [])
     assert config.dataset == "cifar10-jpeg"
     assert config.use_zca and config.use_augmentation
@@ -180,10 +172,10 @@ def test_paper_table_allcnn_cells(tmp_path):
     assert "JPEG re-encoding of CIFAR-10" in text
 
 
-def test_paper_table_target_verdict():
+def test_paper_table_target_verdict(load_benchmark):
     """A cell meets issue 4's target when its best error (mean over seeds) is at or below
     the paper's DR edge and was reached in no more effective epochs than the paper's."""
-    verdict = _load("paper_table").target_verdict
+    verdict = load_benchmark("paper_table").target_verdict
     paper = {"DR": (0.50, 0.01, 70)}
 
     def row(best, epoch, complete=True):
@@ -200,18 +192,18 @@ def test_paper_table_target_verdict():
     assert verdict(row(0.40, 10.0, complete=False)) == "in progress"
 
 
-def test_input_pipeline_benchmark_smoke(tmp_path):
-    assert _load("input_pipeline").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+def test_input_pipeline_benchmark_smoke(tmp_path, load_benchmark):
+    assert load_benchmark("input_pipeline").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "input_pipeline.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["mnistfc"]
     assert all(r["step_ms"] > 0 and r["input_ms"] > 0 for r in rows)
 
 
-def test_xla_cpu_flags_benchmark_smoke(tmp_path):
+def test_xla_cpu_flags_benchmark_smoke(tmp_path, load_benchmark):
     # One setting (one fresh process, ~25 s alone) whose flag is not XLA's default. The
     # interleaving settings pass LLVM options too, but double the compile time.
     arguments = ["--smoke", "--settings", "w512", "--out-dir", str(tmp_path)]
-    assert _load("xla_cpu_flags").main(arguments) == 0
+    assert load_benchmark("xla_cpu_flags").main(arguments) == 0
     results = json.loads((tmp_path / "inner_loop_xla_cpu_flags.json").read_text())
     assert [(row["model"], row["setting"]) for row in results["rows"]] == [("mnistfc", "w512")]
     assert "--xla_cpu_prefer_vector_width=512" in results["rows"][0]["flags"]
@@ -223,10 +215,10 @@ def test_xla_cpu_flags_benchmark_smoke(tmp_path):
     assert "| mnistfc | 512-bit vectors |" in (tmp_path / "inner_loop_xla_cpu_flags.md").read_text()
 
 
-def test_xla_cpu_flags_in_process_smoke(tmp_path):
+def test_xla_cpu_flags_in_process_smoke(tmp_path, load_benchmark):
     """Both widths compiled and timed in one process, with the 512 / 256 ratios."""
     arguments = ["--in-process", "--smoke", "--out-dir", str(tmp_path)]
-    assert _load("xla_cpu_flags").main(arguments) == 0
+    assert load_benchmark("xla_cpu_flags").main(arguments) == 0
     results = json.loads((tmp_path / "inner_loop_vector_width_in_process.json").read_text())
     assert [(row["model"], row["width"]) for row in results["rows"]] == [
         ("mnistfc", 256),
@@ -251,10 +243,10 @@ def _no_nan(constant):
     raise AssertionError(f"{constant} in a JSON record")
 
 
-def test_paper_table_records_share_one_format():
+def test_paper_table_records_share_one_format(load_benchmark):
     """Every committed record of the paper table has the same files and keys, in strict
     JSON (the format of benchmarks/results/paper_runs/README.md)."""
-    table = _load("paper_table")
+    table = load_benchmark("paper_table")
     folder = BENCHMARKS / "results" / "paper_runs"
     assert (folder / "README.md").is_file()
     records = sorted(p for p in folder.iterdir() if p.is_dir())
@@ -275,7 +267,7 @@ def test_paper_table_records_share_one_format():
         assert table.saved_config(record).refresh_batches == config["refresh_batches"]
 
 
-def test_benchmark_json_has_null_not_nan(tmp_path):
+def test_benchmark_json_has_null_not_nan(tmp_path, load_benchmark):
     """The benchmarks write JSON through one helper: null for a missing value, and a NaN
     fails loudly instead of writing JSON that strict readers refuse."""
     sys.path.insert(0, str(BENCHMARKS))
@@ -287,26 +279,27 @@ def test_benchmark_json_has_null_not_nan(tmp_path):
         write_json(tmp_path / "a.json", {"seconds": float("nan")})
     assert json.loads((tmp_path / "a.json").read_text())["ratio"] == 0.5  # left as it was
     # A record's metrics keep relaxjax train's lines, with null where it wrote NaN.
-    line = _load("paper_table")._metrics_line('{"step": 1, "gamma": NaN, "test_error": 0.5}')
+    line = load_benchmark("paper_table")._metrics_line(
+        '{"step": 1, "gamma": NaN, "test_error": 0.5}'
+    )
     assert line == '{"step": 1, "gamma": null, "test_error": 0.5}'
     with pytest.raises(ValueError, match="Infinity"):
-        _load("paper_table")._metrics_line('{"train_loss": Infinity}')
+        load_benchmark("paper_table")._metrics_line('{"train_loss": Infinity}')
     # No script writes a JSON file another way.
     for script in BENCHMARKS.glob("*.py"):
         text = script.read_text()
         assert "json.dump(" not in text and "write_text(json.dumps" not in text, script.name
 
 
-def test_gpu_benchmarks_smoke(tmp_path):
+def test_gpu_benchmarks_smoke(tmp_path, load_benchmark):
     """`--smoke` runs a GPU benchmark with tiny settings on whatever backend JAX has (here
     the CPU), into the results folder given, and the summary names the device (or says
     there is no GPU). One benchmark (`--only`): the others are the scripts' own smoke runs,
     tested beside it; the PyTorch comparison's skip rule is checked without running it."""
-    import importlib.util
 
     import jax
 
-    gpu = _load("gpu_benchmarks")
+    gpu = load_benchmark("gpu_benchmarks")
     stem = "inner_loop_allcnn_gpu"
     assert gpu.main(["--smoke", "--only", stem, "--out-dir", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "gpu_benchmarks.json").read_text())
@@ -339,19 +332,19 @@ def test_gpu_benchmarks_smoke(tmp_path):
         assert reason is None  # --smoke times PyTorch on the CPU when it has no GPU
 
 
-def test_gpu_benchmarks_without_gpu_says_so(tmp_path, capsys):
+def test_gpu_benchmarks_without_gpu_says_so(tmp_path, capsys, load_benchmark):
     import jax
 
     if jax.default_backend() == "gpu":
         pytest.skip("this machine has a GPU")
-    assert _load("gpu_benchmarks").main(["--out-dir", str(tmp_path)]) == 2
+    assert load_benchmark("gpu_benchmarks").main(["--out-dir", str(tmp_path)]) == 2
     assert "no GPU: JAX's default backend here is" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing measured, nothing written
 
 
-def test_gpu_benchmarks_time_box_interrupts_like_ctrl_c(tmp_path):
+def test_gpu_benchmarks_time_box_interrupts_like_ctrl_c(tmp_path, load_benchmark):
     """At the deadline the child gets SIGINT (a training run saves its checkpoint)."""
-    gpu = _load("gpu_benchmarks")
+    gpu = load_benchmark("gpu_benchmarks")
     saved = tmp_path / "checkpoint"
     code = (
         "import pathlib, time\ntry:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n"
@@ -364,12 +357,12 @@ def test_gpu_benchmarks_time_box_interrupts_like_ctrl_c(tmp_path):
     assert gpu.run([sys.executable, "-c", "pass"], log=lambda *_: None) == (0, False)
 
 
-def test_gpu_benchmarks_on_a_gpu_and_cifar_cells(tmp_path, monkeypatch):
+def test_gpu_benchmarks_on_a_gpu_and_cifar_cells(tmp_path, monkeypatch, load_benchmark):
     """What the script runs on a GPU (the benchmarks' processes faked): each timing
     benchmark at full settings into the results folder; then the All-CNN cells of the
     paper table, seed by seed, until the time box, whose record says how far it got; the
     summary keeps the earlier rows."""
-    gpu = _load("gpu_benchmarks")
+    gpu = load_benchmark("gpu_benchmarks")
     environment = {"machine": "m", "versions": "v", "date": "2026-12-01T00:00:00+00:00"}
     device = {"backend": "gpu", "device_kind": "NVIDIA H200", "device_count": 1}
     monkeypatch.setattr(gpu, "probe_jax", lambda: environment | device)

@@ -1,8 +1,6 @@
 """A tiny run of benchmarks/laplacian_smoothing.py: it trains, and writes parseable results."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,17 +10,9 @@ pytestmark = [pytest.mark.slow]
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_laplacian_smoothing_benchmark_smoke(tmp_path):
+def test_laplacian_smoothing_benchmark_smoke(tmp_path, load_benchmark):
     """``--smoke``: generated data, one seed, three steps of SGD and of LS-SGD."""
-    assert _load("laplacian_smoothing").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
+    assert load_benchmark("laplacian_smoothing").main(["--smoke", "--out-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "laplacian_smoothing.json").read_text())
     assert result["command"].startswith("python benchmarks/laplacian_smoothing.py --smoke")
     assert result["versions"].startswith("jax ") and result["machine"] and result["date"]
