@@ -9,6 +9,7 @@ date); this script only concatenates them, so the two never disagree.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("msa", "Maximum-principle training (E-MSA)"),
     ("fault_injection", "Interrupted runs resumed (SIGINT and SIGKILL at random points)"),
     ("laplacian_smoothing", "Laplacian smoothing (LS-SGD) beside SGD on MNIST"),
+    ("flatness", "Flatness: six optimizers at equal gradient evaluations, the minima they find"),
 ]
 
 PREAMBLE = """# relaxjax — measured results
@@ -66,7 +68,7 @@ def main() -> int:
         if path.exists():
             text = path.read_text()
             # Images in a results file are relative to results/.
-            text = text.replace("](paper_table.png)", "](results/paper_table.png)")
+            text = re.sub(r"\]\(([\w.-]+\.png)\)", r"](results/\1)", text)
             parts.append(_demote(text))
         elif stem.endswith("_gpu") or stem == "gpu_benchmarks":
             parts.append(
