@@ -37,6 +37,8 @@ SECTIONS = [  # (results file stem, what it answers)
     ("fault_injection", "Interrupted runs resumed (SIGINT and SIGKILL at random points)"),
     ("laplacian_smoothing", "Laplacian smoothing (LS-SGD) beside SGD on MNIST"),
     ("flatness", "Flatness: six optimizers at equal gradient evaluations, the minima they find"),
+    ("compile_cache", "Warm starts: time to the first step, cold and warm"),
+    ("compile_cache_sgd", "Warm starts with SGD, whose every program is cacheable"),
 ]
 
 PREAMBLE = """# relaxjax — measured results

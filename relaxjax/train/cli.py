@@ -321,6 +321,19 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "each evaluation, as the original code does (0: off)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compilation-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep compiled programs in JAX's persistent compilation cache, so a later start "
+        "skips most compilation [on, unless $RELAXJAX_NO_COMPILATION_CACHE=1]",
+    )
+    p.add_argument(
+        "--compilation-cache-dir",
+        default=None,
+        help="the compilation cache's folder [$RELAXJAX_COMPILATION_CACHE_DIR, else "
+        "jax-compilation/ in relaxjax's cache directory]",
+    )
     _emsa_arguments(p)
     p.set_defaults(command=_train)
 
@@ -515,6 +528,9 @@ def resumed_config(args: argparse.Namespace, given: set[str], saved):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from relaxjax.train.compilation_cache import apply_cache_options
+
+    apply_cache_options(args.compilation_cache, args.compilation_cache_dir)
     given = getattr(args, "given", set())
     run_dir = args.run_dir
     try:

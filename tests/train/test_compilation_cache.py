@@ -1,0 +1,103 @@
+"""Warm starts: ``relaxjax train`` keeps compiled programs in JAX's persistent compilation
+cache by default, in relaxjax's cache directory; an option or a variable turns it off.
+
+Each run is the tiny one of ``test_faults`` (``tiny_command``, with SGD), in this process, with its
+own batch size so that its training step is a program this process has not compiled
+before (JAX's in-memory caches would otherwise hide whether the disk cache is written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import pytest
+from test_faults import tiny_command
+
+from relaxjax.train import compilation_cache
+
+OPTIONS = (
+    "jax_compilation_cache_dir",
+    "jax_enable_compilation_cache",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_jax_settings(monkeypatch):
+    """The cache settings as they were before the test (they are process-wide)."""
+    saved = {name: getattr(jax.config, name) for name in OPTIONS}
+    for name in (
+        compilation_cache.COMPILATION_CACHE_DIR_ENV,
+        compilation_cache.NO_COMPILATION_CACHE_ENV,
+        "JAX_COMPILATION_CACHE_DIR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    compilation_cache._reset()
+
+
+def _train(tmp_path: Path, batch_size: int, *extra: str) -> None:
+    # SGD: every program of its run is cacheable (the relaxations' outer step holds a host
+    # callback, which JAX never caches).
+    argv = ["train", "--optimizer", "sgd", "--epochs", "1", "--batch-size", str(batch_size)]
+    argv += [
+        "--refresh-batches",
+        "1",
+        "--no-progress",
+        "--run-dir",
+        str(tmp_path / f"run{batch_size}"),
+    ]
+    assert tiny_command([*argv, *extra]) == 0
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_the_command_caches_its_programs_in_relaxjax_cache_dir_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELAXJAX_CACHE_DIR", str(tmp_path / "cache"))
+    _train(tmp_path, 8)
+    entries = _entries(tmp_path / "cache" / "jax-compilation")
+    assert len(entries) >= 3, entries  # the step, the evaluation, the initialisation, ...
+    assert any(name.startswith("jit_train_step") for name in entries), entries
+
+
+def test_the_cache_is_relocated_by_option_and_by_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELAXJAX_CACHE_DIR", str(tmp_path / "cache"))
+    _train(tmp_path, 4, "--compilation-cache-dir", str(tmp_path / "option"))
+    monkeypatch.setenv(compilation_cache.COMPILATION_CACHE_DIR_ENV, str(tmp_path / "variable"))
+    _train(tmp_path, 2)
+    for folder in ("option", "variable"):
+        assert any(n.startswith("jit_train_step") for n in _entries(tmp_path / folder)), folder
+    assert not (tmp_path / "cache" / "jax-compilation").exists()
+
+
+def test_turned_off_the_command_writes_no_cache_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("RELAXJAX_CACHE_DIR", str(tmp_path / "cache"))
+    _train(tmp_path, 16, "--no-compilation-cache")
+    monkeypatch.setenv(compilation_cache.NO_COMPILATION_CACHE_ENV, "1")
+    _train(tmp_path, 32)
+    assert _entries(tmp_path / "cache" / "jax-compilation") == []
+    assert not jax.config.jax_enable_compilation_cache
+    # The option wins over the variable.
+    _train(tmp_path, 64, "--compilation-cache")
+    assert _entries(tmp_path / "cache" / "jax-compilation")
+
+
+@pytest.mark.parametrize(
+    "option, value, wanted",
+    [
+        (None, "", True),
+        (None, "1", False),
+        (None, "0", True),
+        (True, "1", True),
+        (False, "", False),
+    ],
+)
+def test_cache_wanted(option, value, wanted, monkeypatch):
+    monkeypatch.setenv(compilation_cache.NO_COMPILATION_CACHE_ENV, value)
+    assert compilation_cache.cache_wanted(option) is wanted
