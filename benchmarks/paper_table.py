@@ -5,10 +5,11 @@ original code's hyper-parameters) for the paper's budget in effective epochs,
 or a fraction of it (``--budget-scale``). The networks by default are those of
 the authors' Deep Relaxation research code (``mnistfc-dr``, ``lenet-dr``), which
 produced the paper's cells; ``--models mnistfc lenet`` trains the Entropy-SGD
-PyTorch port's networks instead; ``--models allcnn`` trains All-CNN-BN on CIFAR-10
-(the JPEG copy in ``../shared/data``; a GPU's work: one All-CNN gradient takes seconds
-on a 2-core CPU; ``benchmarks/gpu_benchmarks.py --cifar-seconds N`` runs its cells
-time-boxed on a GPU, resuming where the last call stopped). It writes
+code's networks instead (``lenet-pytorch``: its PyTorch port's revised LeNet);
+``--models allcnn`` trains All-CNN-BN on CIFAR-10 (the JPEG copy in ``../shared/data``;
+a GPU's work: one All-CNN gradient takes seconds on a 2-core CPU;
+``benchmarks/gpu_benchmarks.py --cifar-seconds N`` runs its cells time-boxed on a GPU,
+resuming where the last call stopped). It writes
 
 * ``benchmarks/results/paper_table.md``: final test error (mean ± std over
   seeds), the best test error and the effective epochs at which it was first
@@ -101,9 +102,10 @@ VARIANTS = {
 
 
 def paper_cell(model: str, optimizer: str) -> dict:
-    """The papers' numbers for a model of ``relaxjax.models``: ``lenet-dr`` (the Deep
-    Relaxation code's LeNet) and ``lenet`` (the Entropy-SGD port's) share LeNet's cells."""
-    return PAPER[(model.removesuffix("-dr"), optimizer)]
+    """The papers' numbers for a model of ``relaxjax.models``: ``lenet`` (the Lua
+    Entropy-SGD code's LeNet), ``lenet-dr`` (the Deep Relaxation code's) and
+    ``lenet-pytorch`` (the PyTorch port's revision) share LeNet's cells."""
+    return PAPER[(model.removesuffix("-dr").removesuffix("-pytorch"), optimizer)]
 
 
 def budget(model: str, optimizer: str) -> float:
@@ -419,10 +421,12 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "'model': `mnistfc-dr` and `lenet-dr` are the networks of the authors' Deep "
         "Relaxation research code (`code/models.py`), which produced the paper's DR cells: "
         "dropout 0.2 (mnistfc) and 0.25 (LeNet), BatchNorm after the ReLU (and LeNet's "
-        "pooling), no BatchNorm on LeNet's 500-unit layer. `mnistfc` and `lenet` are the "
-        "networks of the Entropy-SGD PyTorch port that the spec's §3 describes (dropout "
-        "0.5, BatchNorm before every ReLU); their rows are runs recorded before the "
-        "difference was found.",
+        "pooling), no BatchNorm on LeNet's 500-unit layer. `mnistfc` is the Entropy-SGD "
+        "PyTorch port's network (dropout 0.5, BatchNorm before every ReLU); `lenet` is the "
+        "Lua Entropy-SGD code's `mnistconv`, which ran that paper's experiments: "
+        "`lenet-dr`'s layers with dropout 0.5. `lenet-pytorch` is the PyTorch port's "
+        "revised `mnistconv` (BatchNorm before every ReLU and on the 500 units); "
+        "docs/deep-relaxation.md §3.1 compares the two LeNets.",
         "",
         *(
             [
@@ -566,8 +570,8 @@ def main(argv=None) -> int:
         nargs="+",
         default=None,
         help="networks of relaxjax.models [mnistfc-dr lenet-dr: the Deep Relaxation code's, "
-        "which produced the paper's DR cells; mnistfc and lenet are the Entropy-SGD PyTorch "
-        "port's; allcnn trains on CIFAR-10]",
+        "which produced the paper's DR cells; mnistfc and lenet are the Entropy-SGD code's "
+        "(lenet-pytorch: its PyTorch port's revised LeNet); allcnn trains on CIFAR-10]",
     )
     parser.add_argument("--optimizers", nargs="+", default=None, help="[sgd entropy-sgd hj heat]")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="[0 1 2]")

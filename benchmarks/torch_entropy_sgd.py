@@ -187,19 +187,20 @@ class MnistFC(nn.Module):
 
 
 class LeNet(nn.Module):
-    """The paper's LeNet (``mnistconv``) for (N, 1, 28, 28) inputs.
+    """The paper's LeNet (``mnistconv`` of the Lua code) for (N, 1, 28, 28) inputs.
 
-    ``bn_after_pool`` (conv-ReLU-pool-BN) and ``dense_bn=False`` (no BatchNorm on the
-    500-unit layer) with dropout 0.25 give ``lenet-dr``, the Deep Relaxation code's
-    network, as in ``relaxjax.models.LeNet``.
+    conv-ReLU-pool-BN blocks and no BatchNorm on the 500-unit layer, as in
+    ``relaxjax.models.LeNet``; with dropout 0.25 it is ``lenet-dr``, the Deep Relaxation
+    code's network. ``bn_after_pool=False`` (conv-BN-ReLU-pool) with ``dense_bn=True``
+    is the PyTorch port's revised ``mnistconv`` (``lenet-pytorch``).
     """
 
     def __init__(
         self,
         num_classes: int = 10,
         dropout: float = 0.5,
-        bn_after_pool: bool = False,
-        dense_bn: bool = True,
+        bn_after_pool: bool = True,
+        dense_bn: bool = False,
     ) -> None:
         super().__init__()
 
@@ -231,6 +232,7 @@ TORCH_MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnistfc": MnistFC,
     "lenet": LeNet,
     "mnistconv": LeNet,
+    "lenet-pytorch": functools.partial(LeNet, bn_after_pool=False, dense_bn=True),
     "mnistfc-dr": functools.partial(MnistFC, dropout=0.2, bn_after_relu=True),
     "lenet-dr": functools.partial(LeNet, dropout=0.25, bn_after_pool=True, dense_bn=False),
 }

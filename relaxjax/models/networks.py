@@ -1,15 +1,19 @@
 """The networks of Deep Relaxation / Entropy-SGD, and a functional adapter for any Flax model.
 
-Architectures follow the authors' public PyTorch code (``python/models.py`` of
-the Entropy-SGD repository), as summarised in section 3 of
-``docs/deep-relaxation.md`` (Chaudhari et al., *Deep Relaxation*, 2018;
-*Entropy-SGD*, ICLR 2017):
+Architectures follow the authors' public Entropy-SGD code, as summarised in
+section 3 of ``docs/deep-relaxation.md`` (Chaudhari et al., *Deep Relaxation*,
+2018; *Entropy-SGD*, ICLR 2017):
 
-* :class:`MnistFC` (``mnistfc``): input dropout 0.2, 784-1024-1024-10 with
-  BatchNorm, ReLU and dropout 0.5 after each hidden layer.
-* :class:`LeNet` (``lenet``, the paper's ``mnistconv``): two
-  conv5x5-BN-ReLU-maxpool-dropout blocks (20 and 50 channels, pools 3 and 2),
-  then 200-500-10 with BN, ReLU and dropout 0.5.
+* :class:`MnistFC` (``mnistfc``, the PyTorch code's ``python/models.py``): input
+  dropout 0.2, 784-1024-1024-10 with BatchNorm, ReLU and dropout 0.5 after each
+  hidden layer.
+* :class:`LeNet` (``lenet``, the paper's ``mnistconv``): the Lua code's
+  ``models.lua``, which ran the Entropy-SGD paper's experiments: two
+  conv5x5-ReLU-maxpool-BN-dropout blocks (20 and 50 channels, pools 3 and 2),
+  then 200-500-10 with ReLU and dropout 0.5 and no BN on the 500 units. The
+  PyTorch port's ``mnistconv`` as revised later (BN before every ReLU, also on
+  the 500 units) is registered as ``lenet-pytorch``
+  (``docs/deep-relaxation.md`` §3.1, the LeNet comparison).
 * :class:`AllCNN` (``allcnn``): All-CNN-C with BN (Springenberg et al. 2015),
   c1 = 96, c2 = 192, input dropout 0.2, global average pooling.
 
@@ -18,19 +22,21 @@ code (``code/models.py`` of their Hamilton-Jacobi repository, the same networks
 as in their Parle code), whose networks differ; they are registered as
 
 * ``mnistfc-dr``: dropout 0.2 (input and hidden), Dense-ReLU-BN order;
-* ``lenet-dr``: conv5x5-ReLU-maxpool-BN-dropout blocks, 200-500-10 *without*
-  BN on the 500-unit layer, dropout 0.25 throughout.
+* ``lenet-dr``: ``lenet``'s layers (conv5x5-ReLU-maxpool-BN-dropout blocks,
+  200-500-10 *without* BN on the 500-unit layer) with dropout 0.25 throughout.
 
 Details kept from the original code: every convolution/dense layer has a
-bias (also before BN); BN comes *before* ReLU (in these three); the final 1x1 convolution of
-All-CNN is also followed by BN and ReLU (so All-CNN's logits are
-non-negative, exactly as in the reference code); max-pooling is
-non-overlapping with floor rounding. BatchNorm uses PyTorch's defaults,
-momentum 0.1 on the new statistic (``momentum=0.9`` in Flax) and
-``epsilon=1e-5``; Flax's running variance uses the biased batch variance
-where PyTorch uses the unbiased one. Initialisation is Flax's default
-(LeCun-normal kernels, zero biases; BN scale 1, bias 0), not PyTorch's
-uniform fan-in init; with BN after every layer the difference is minor.
+bias (also before BN); BN comes *before* ReLU in ``mnistfc`` and ``allcnn``;
+the final 1x1 convolution of All-CNN is also followed by BN and ReLU (so
+All-CNN's logits are non-negative, exactly as in the reference code);
+max-pooling is non-overlapping with floor rounding. BatchNorm uses Torch's
+and PyTorch's defaults, momentum 0.1 on the new statistic (``momentum=0.9`` in
+Flax) and ``epsilon=1e-5``; Flax's running variance uses the biased batch
+variance where Torch uses the unbiased one. Initialisation is Flax's default
+(LeCun-normal kernels, zero biases; BN scale 1, bias 0), not Torch's uniform
+fan-in init (kernels and biases uniform in ±1/√fan_in, a standard deviation
+√3 smaller); ``lenet-dr``, with ``lenet``'s layers and this init, meets the
+paper's LeNet cells.
 
 Inputs are NHWC (``(N, 28, 28, 1)`` for MNIST, ``(N, 32, 32, 3)`` for CIFAR)
 and are cast to float32; scaling/whitening is the data pipeline's job.
@@ -102,20 +108,22 @@ class MnistFC(nn.Module):
 
 
 class LeNet(nn.Module):
-    """The paper's LeNet (``mnistconv`` in the original code), for 28x28 inputs.
+    """The paper's LeNet (``mnistconv`` of the Lua Entropy-SGD code), for 28x28 inputs.
 
-    Two conv5x5-BN-ReLU-maxpool-dropout blocks (20 and 50 channels, pools 3 and 2;
-    conv-ReLU-pool-BN with ``bn_after_pool``), then Dense(500)-BN-ReLU-dropout and
-    Dense(``num_classes``).
+    Two conv5x5-ReLU-maxpool-BN-dropout blocks (20 and 50 channels, pools 3 and 2),
+    then Dense(500)-ReLU-dropout and Dense(``num_classes``): 131,220 parameters for
+    10 classes. ``bn_after_pool=False`` (conv-BN-ReLU-pool) with ``dense_bn=True``
+    (Dense(500)-BN-ReLU) is the PyTorch port's revised ``mnistconv``
+    (``lenet-pytorch``, 132,220 parameters).
 
     Attributes:
       num_classes: the number of outputs.
-      dropout: the dropout rate after each block.
+      dropout: the dropout rate after each block and the 500-unit layer.
       conv_implementation: ``"auto"``, ``"patches"`` or ``"xla"``, see
         :class:`relaxjax.cpu.layers.PatchConv`.
-      bn_after_pool: conv-ReLU-pool-BN (the Deep Relaxation code) instead of
-        conv-BN-ReLU-pool.
-      dense_bn: BatchNorm on the 500-unit layer (absent in the Deep Relaxation code).
+      bn_after_pool: conv-ReLU-pool-BN (the Lua and the Deep Relaxation code) instead
+        of conv-BN-ReLU-pool (the PyTorch port's revision).
+      dense_bn: BatchNorm on the 500-unit layer (only in the PyTorch port's revision).
       dropout_masks: ``"hash"`` (:class:`HashDropout`) or ``"threefry"``.
       pooling: ``"tiles"`` (:func:`relaxjax.cpu.layers.max_pool_tiles`) or ``"xla"``
         (``nn.max_pool``), the same values.
@@ -126,18 +134,18 @@ class LeNet(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from relaxjax.models import LeNet
+      >>> from relaxjax.models import LeNet, count_params
       >>> x = jnp.zeros((2, 28, 28, 1))
       >>> variables = jax.eval_shape(LeNet().init, jax.random.key(0), x)
-      >>> jax.eval_shape(LeNet().apply, variables, x).shape
-      (2, 10)
+      >>> jax.eval_shape(LeNet().apply, variables, x).shape, count_params(variables["params"])
+      ((2, 10), 131220)
     """
 
     num_classes: int = 10
     dropout: float = 0.5
     conv_implementation: str = "auto"  # see PatchConv
-    bn_after_pool: bool = False  # conv-ReLU-pool-BN (Deep Relaxation code) for conv-BN-ReLU-pool
-    dense_bn: bool = True  # BatchNorm on the 500-unit layer (absent in the Deep Relaxation code)
+    bn_after_pool: bool = True  # conv-ReLU-pool-BN (Lua code); False: conv-BN-ReLU-pool
+    dense_bn: bool = False  # BatchNorm on the 500-unit layer (the PyTorch port's revision)
     dropout_masks: str = "hash"  # "hash" (HashDropout) or "threefry" (flax nn.Dropout)
     pooling: str = "tiles"  # "tiles" (max_pool_tiles) or "xla" (nn.max_pool)
 

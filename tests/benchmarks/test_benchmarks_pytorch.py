@@ -130,7 +130,7 @@ def test_pytorch_entropy_sgd_step_noise_scale():
     assert displacement.std().item() == pytest.approx(eps * np.sqrt(2 * eta), rel=0.01)
 
 
-TWINS = ["mnistfc", "lenet", "mnistfc-dr", "lenet-dr"]
+TWINS = ["mnistfc", "lenet", "lenet-pytorch", "mnistfc-dr", "lenet-dr"]
 
 
 @pytest.mark.parametrize("name", TWINS)

@@ -69,7 +69,10 @@ def test_parameter_counts():
     kernels = [v for path, v in jax.tree_util.tree_leaves_with_path(p) if "kernel" in str(path)]
     assert sum(k.size for k in kernels) == 1_861_632
     assert models.count_params(s) == 4096  # running mean and var
-    assert models.count_params(abstract_variables("lenet")[0]) == 132_220
+    # LeNet of the Lua code (models.lua: no BN on the 500 units), as lenet-dr; the PyTorch
+    # port's revision adds 2 * 500 BN affine parameters.
+    assert models.count_params(abstract_variables("lenet")[0]) == 131_220
+    assert models.count_params(abstract_variables("lenet-pytorch")[0]) == 132_220
     assert models.count_params(abstract_variables("allcnn")[0]) == 1_667_166
     # The Deep Relaxation code's variants (PyTorch's counts of its models.py networks).
     assert models.count_params(abstract_variables("mnistfc-dr")[0]) == 1_867_786
@@ -107,19 +110,51 @@ def _random_stats(state, seed):
     )
 
 
+def _lenet_reference(x, p, bn, *, pytorch_port: bool):
+    """LeNet in eval mode, written out: the Lua code's ``mnistconv`` (models.lua:
+    conv-ReLU-pool-BN blocks, Linear-ReLU on the 500 units), or the PyTorch port's
+    revision (conv-BN-ReLU-pool blocks, Linear-BN-ReLU)."""
+    relu = jax.nn.relu
+    h = x
+    for i, size in enumerate((3, 2)):
+        h = _conv(h, p[f"Conv_{i}"])
+        norm = functools.partial(
+            _batch_norm, params=p[f"BatchNorm_{i}"], stats=bn[f"BatchNorm_{i}"]
+        )
+        h = _pool(relu(norm(h)), size) if pytorch_port else norm(_pool(relu(h), size))
+    assert h.shape[1:] == (2, 2, 50)  # 28 -conv5-> 24 -pool3-> 8 -conv5-> 4 -pool2-> 2
+    h = h.reshape(len(h), -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+    if pytorch_port:
+        h = _batch_norm(h, p["BatchNorm_2"], bn["BatchNorm_2"])
+    return relu(h) @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+
+
+@pytest.mark.parametrize(
+    "name, dropout, pytorch_port",
+    [("lenet", 0.5, False), ("lenet-dr", 0.25, False), ("lenet-pytorch", 0.5, True)],
+)
+def test_lenets_compute_their_codes_layers_in_order(name, dropout, pytorch_port):
+    """``lenet`` is the Lua Entropy-SGD code's mnistconv (which ran the paper's
+    experiments), ``lenet-dr`` the same layers with the Deep Relaxation code's dropout,
+    ``lenet-pytorch`` the PyTorch port's revision; random running statistics make a
+    BatchNorm moved across a ReLU or a pooling, or a missing one, change the logits."""
+    x = x_of(MNIST)
+    _, p, state, apply = built(name)
+    state = _random_stats(state, 1)
+    layers = ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1", "Dense_0", "Dense_1"]
+    assert sorted(p) == sorted(layers + ["BatchNorm_2"] * pytorch_port)
+    shapes = {k: v.shape for k, v in p["Conv_0"].items()} | {"dense": p["Dense_0"]["kernel"].shape}
+    assert shapes == {"kernel": (5, 5, 1, 20), "bias": (20,), "dense": (200, 500)}
+    assert p["BatchNorm_1"]["scale"].shape == (50,) and p["Dense_1"]["kernel"].shape == (500, 10)
+    expected = _lenet_reference(x, p, state["batch_stats"], pytorch_port=pytorch_port)
+    logits, _ = apply(p, state, x, train=False)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    assert models.get_module(name).dropout == dropout
+
+
 def test_deep_relaxation_variants_compute_their_layers_in_the_codes_order():
     x = x_of(MNIST)
     relu = jax.nn.relu
-
-    _, p, state, apply = built("lenet-dr")
-    state = _random_stats(state, 1)
-    bn = state["batch_stats"]
-    h = _batch_norm(_pool(relu(_conv(x, p["Conv_0"])), 3), p["BatchNorm_0"], bn["BatchNorm_0"])
-    h = _batch_norm(_pool(relu(_conv(h, p["Conv_1"])), 2), p["BatchNorm_1"], bn["BatchNorm_1"])
-    h = relu(h.reshape(2, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
-    expected = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
-    logits, _ = apply(p, state, x, train=False)
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
     _, p, state, apply = built("mnistfc-dr")
     state = _random_stats(state, 2)
@@ -133,8 +168,7 @@ def test_deep_relaxation_variants_compute_their_layers_in_the_codes_order():
     expected = h @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
     logits, _ = apply(p, state, x, train=False)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
-    # Dropout rates of the code: 0.25 in LeNet, 0.2 in mnistfc (input and hidden).
-    assert models.get_module("lenet-dr").dropout == 0.25
+    # Dropout rates of the code: 0.2 in mnistfc (input and hidden).
     module = models.get_module("mnistfc-dr")
     assert (module.input_dropout, module.dropout) == (0.2, 0.2)
 
