@@ -39,6 +39,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("flatness", "Flatness: six optimizers at equal gradient evaluations, the minima they find"),
     ("compile_cache", "Warm starts: time to the first step, cold and warm"),
     ("compile_cache_sgd", "Warm starts with SGD, whose every program is cacheable"),
+    ("scaling", "Communication per outer step at 8 to 512 devices (data parallel, Parle)"),
 ]
 
 PREAMBLE = """# relaxjax — measured results

@@ -168,10 +168,11 @@ def communication(hlo: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- training
 
 
-def _config(args, method: str, devices: int | None, replicas: int | None = None):
+def _config(args, method: str, devices: int | None, replicas: int | None = None, dataset=None):
     from relaxjax.train import cli
 
     argv = ["train", "--model", args.model, "--optimizer", method, "--lr-milestones"]
+    argv += ["--dataset", dataset] if dataset else []
     argv += ["-L", str(args.num_steps), "--batch-size", str(args.batch_size)]
     argv += ["--replicas", str(replicas or args.replicas)]
     for flag, value in (

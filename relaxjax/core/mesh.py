@@ -13,6 +13,12 @@ relaxjax lays devices out on a two-axis mesh ``('replica', 'data')``:
 Without Parle the ``'replica'`` axis has size 1, so the same specs serve
 both. The code placing arrays only names axes, never device counts, so it
 runs unchanged on 1, 4 or 4096 devices.
+
+With more than one process (``jax.distributed``: one process per host) the
+mesh spans every process's devices (``jax.devices()`` lists them all) and
+``place`` builds global arrays from the value every process holds
+(``jax.make_array_from_callback``: each process puts only its own devices'
+slices); ``local_copy`` gives a process its own copy of a replicated one.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = [
     "REPLICA_AXIS",
     "REPLICATED",
     "constrain",
+    "local_copy",
     "make_mesh",
     "mesh_shape",
     "place",
@@ -86,11 +93,42 @@ def _sharding(mesh: Mesh, spec: P, leaf: Any) -> NamedSharding:
     return NamedSharding(mesh, spec if np.ndim(leaf) >= len(spec) else P())
 
 
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+    if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jax.device_put(x, sharding)  # one process's devices, or global to global
+    # A mesh over several processes: every process holds the whole value and puts the
+    # slices of its own devices.
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def place(tree: Any, mesh: Mesh | None, spec: P = REPLICATED) -> Any:
-    """``jax.device_put`` every leaf with ``NamedSharding(mesh, spec)`` (identity if no mesh)."""
+    """Every leaf laid out as ``NamedSharding(mesh, spec)`` (identity if no mesh).
+
+    ``jax.device_put`` on one process's devices; on a mesh over several processes each
+    process passes the same whole value and only its own devices' slices are placed.
+    """
     if mesh is None:
         return tree
-    return jax.tree.map(lambda x: jax.device_put(x, _sharding(mesh, spec, x)), tree)
+    return jax.tree.map(lambda x: _put(x, _sharding(mesh, spec, x)), tree)
+
+
+def local_copy(tree: Any) -> Any:
+    """Each leaf as an array on this process's devices: a global array spanning several
+    processes becomes this process's copy of it (a replicated one its first local
+    shard, at no cost; another is gathered from every process, a collective that every
+    process must call). Other leaves are returned as they are."""
+
+    def local(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        from jax.experimental import multihost_utils
+
+        return jax.numpy.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(local, tree)
 
 
 def constrain(tree: Any, mesh: Mesh | None, spec: P = REPLICATED) -> Any:

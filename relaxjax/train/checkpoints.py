@@ -16,6 +16,14 @@ non-finite value is never written.
 Restoring: the newest checkpoint whose files match their ``SHA256SUMS``, that orbax
 reads and whose values are all finite is restored; a damaged newer one is renamed
 ``<step>.damaged`` (kept for inspection, never deleted) and the fallback is reported.
+
+With several processes (``relaxjax.train.distributed``) every process calls
+:meth:`Checkpoints.save` and :meth:`Checkpoints.restore_newest` at the same points:
+orbax writes each array's shards once, from the process that holds them (a replicated
+array from process 0), into the shared staging folder; process 0 alone writes the record
+and ``SHA256SUMS``, commits, verifies and deletes; every process restores the state
+onto its own devices from the same files (the run directory must be on a file system
+that every process sees).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from relaxjax.core import tree_utils
+from relaxjax.train import distributed
 from relaxjax.train.runs import RunDirError, fault_point
 
 CHECKSUMS = "SHA256SUMS"
@@ -115,6 +124,7 @@ class Checkpoints:
     def __init__(self, run_dir: Path, keep: int = KEEP) -> None:
         self.root = Path(run_dir).absolute() / "checkpoints"
         self.keep = keep
+        self._staging_tag: int | None = None
 
     def steps(self) -> list[int]:
         """The steps of the committed checkpoints, oldest first (not checked)."""
@@ -144,15 +154,34 @@ class Checkpoints:
         step = int(state.step)
         if not all_finite(state):
             raise ValueError(f"the state at step {step} holds non-finite values; not saved")
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.root / f".staging-{step}-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
+        writer = distributed.is_writer()
+        staging = self.root / f".staging-{step}-{self._tag()}"
+        if writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        distributed.barrier(f"checkpoint-{step}-staging")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None, enable_async_checkpointing=False, create=True
         )
         with ocp.CheckpointManager(staging, options=options) as manager:
             manager.save(step, args=ocp.args.StandardSave(state), force=True)
             manager.wait_until_finished()
+        final = self.root / str(step)
+        if writer:
+            self._commit(staging, step, record)
+        distributed.barrier(f"checkpoint-{step}-committed")
+        return final
+
+    def _tag(self) -> int:
+        """The staging folders' tag: this process's id, process 0's with several."""
+        if self._staging_tag is None:
+            self._staging_tag = distributed.any_process(
+                os.getpid() if distributed.is_writer() else 0
+            )
+        return self._staging_tag
+
+    def _commit(self, staging: Path, step: int, record: dict[str, Any] | None) -> None:
+        """Checksums, commits and verifies the written checkpoint; deletes older ones."""
         written = staging / str(step)
         if record is not None:
             (written / RECORD).write_text(json.dumps(record))
@@ -174,7 +203,6 @@ class Checkpoints:
             raise OSError(f"checkpoint {final} failed its verification after writing: {problem}")
         for old in self.steps()[: -self.keep]:
             shutil.rmtree(self.root / str(old), ignore_errors=True)
-        return final
 
     def _set_aside(self, folder: Path, reason: str) -> Path:
         target = folder.with_name(f"{folder.name}.{reason}")
@@ -235,7 +263,10 @@ class Checkpoints:
             except CheckpointError as error:
                 damaged.append((step, str(error)))
                 continue
+            distributed.barrier(f"restored-{step}")  # every process read it before moves
             for bad, reason in damaged:
+                if not distributed.is_writer():
+                    continue
                 moved = self._set_aside(self.root / str(bad), "damaged")
                 log(
                     f"checkpoint {bad} is damaged ({reason}); moved it to "

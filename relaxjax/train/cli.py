@@ -291,6 +291,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="run on a mesh of the first N devices: batches split over them (data "
         "parallel), parle replicas on their own devices [unsharded, default device]",
     )
+    _distributed_arguments(p)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument(
         "--augment", action=argparse.BooleanOptionalAction, default=None, help="[CIFAR only]"
@@ -336,6 +337,36 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
     _emsa_arguments(p)
     p.set_defaults(command=_train)
+
+
+def _distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """Options joining several processes (one per host) into one run (``jax.distributed``)."""
+    g = p.add_argument_group(
+        "several processes (one per host; relaxjax.train.distributed, docs/cli.md section 1.6)"
+    )
+    g.add_argument(
+        "--coordinator-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="process 0's address and a free port [$JAX_COORDINATOR_ADDRESS]",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=COUNT,
+        default=None,
+        help="processes in the run [$JAX_NUM_PROCESSES]",
+    )
+    g.add_argument(
+        "--process-id",
+        type=INT_NON_NEGATIVE,
+        default=None,
+        help="this process's number, 0 ... N-1 [$JAX_PROCESS_ID]",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join the processes of a Slurm, Open MPI or Cloud TPU job, which JAX finds itself",
+    )
 
 
 def _emsa_arguments(p: argparse.ArgumentParser) -> None:
@@ -534,6 +565,7 @@ def _train(args: argparse.Namespace) -> int:
     given = getattr(args, "given", set())
     run_dir = args.run_dir
     try:
+        _join_processes(args)
         if args.resume:
             from relaxjax.train.runs import read_config
 
@@ -551,6 +583,8 @@ def _train(args: argparse.Namespace) -> int:
     from relaxjax.train.emsa import handles
     from relaxjax.train.emsa import run as train_emsa_or_msa_model
 
+    if handles(config) and _processes() > 1:
+        return _error(ValueError("--optimizer emsa and the msa models run in one process"))
     train = train_emsa_or_msa_model if handles(config) else _plain_train()
     opt = config.optimizer
     print(
@@ -561,6 +595,26 @@ def _train(args: argparse.Namespace) -> int:
         f"{' (resumed)' if args.resume else ''}"
     )
     return _run(train, config, run_dir, args)
+
+
+def _join_processes(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` from the options (before any JAX computation)."""
+    from relaxjax.train import distributed
+
+    try:
+        joined = distributed.initialize(
+            args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed
+        )
+    except RuntimeError as error:  # no coordinator, a timeout: a usage error here
+        raise ValueError(f"could not join the other processes: {error}") from None
+    if joined and not distributed.is_writer():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - process 0 prints; errors still do
+
+
+def _processes() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 def _plain_train():

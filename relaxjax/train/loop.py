@@ -23,10 +23,18 @@ batch axis over the mesh axis ``'data'``, and parameters and optimizer state
 are replicated; XLA all-reduces the gradients. Without it nothing is sharded
 and the step is exactly the single-device one. ``--optimizer parle`` (see
 ``relaxjax.train.parle_steps``) puts its replicas on the mesh axis ``'replica'``.
+
+With several processes (``jax.distributed``, ``relaxjax.train.distributed``) the
+mesh spans all their devices and the same code runs in every process: every
+jitted computation is a global one, the state a global array; process 0 alone
+writes ``config.json``, ``metrics.jsonl`` and the checkpoints' files and prints,
+and every process restores the checkpoint it continues from.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -42,8 +50,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from relaxjax import models as models_lib
-from relaxjax.core.mesh import DATA_AXIS, make_mesh, place
-from relaxjax.train import parle_steps
+from relaxjax.core.mesh import DATA_AXIS, local_copy, make_mesh, place
+from relaxjax.train import distributed, parle_steps
 from relaxjax.train.checkpoints import Checkpoints, all_finite
 from relaxjax.train.config import DataArrays, TrainConfig, TrainState
 from relaxjax.train.inputs import epoch_permutation, load_data
@@ -100,9 +108,18 @@ def init_state(
 
 
 def run_mesh(config: TrainConfig, log: Callable[[str], None]) -> Mesh | None:
-    """The mesh of ``config.devices`` (None without it); checks the batch divides evenly."""
+    """The mesh of ``config.devices`` (None without it); checks the batch divides evenly.
+
+    With several processes the mesh must hold every process's devices.
+    """
     if config.devices is None:
         return None
+    if distributed.multi_process() and config.devices != jax.device_count():
+        raise ValueError(
+            f"with {jax.process_count()} processes the mesh spans all their "
+            f"{jax.device_count()} devices: leave --devices out or give "
+            f"--devices {jax.device_count()} (got {config.devices})"
+        )
     replicas = config.optimizer.replicas if config.optimizer.name == "parle" else 1
     mesh = make_mesh(config.devices, num_replicas=replicas)
     if config.batch_size % mesh.shape[DATA_AXIS]:
@@ -112,6 +129,14 @@ def run_mesh(config: TrainConfig, log: Callable[[str], None]) -> Mesh | None:
         )
     log(f"devices: mesh {dict(mesh.shape)} on {mesh.devices.size} {jax.default_backend()} devices")
     return mesh
+
+
+def all_devices(config: TrainConfig) -> TrainConfig:
+    """``config`` on every device of every process (``devices`` unset means all of them
+    when several processes take part, so that the saved configuration says so)."""
+    if config.devices is None:
+        return dataclasses.replace(config, devices=jax.device_count())
+    return config
 
 
 def place_data(data: DataArrays, mesh: Mesh | None) -> DataArrays:
@@ -223,6 +248,9 @@ def train(
       [(4, 1.0, 8), (8, 2.0, 16)]
     """
     run_dir = Path(run_dir)
+    if distributed.multi_process():
+        config = all_devices(config)
+        log, progress = distributed.writer_only(log), progress and distributed.is_writer()
     check_run_dir(config, run_dir, resume)  # before anything is loaded or written
 
     data = data if data is not None else load_data(config)
@@ -246,23 +274,31 @@ def train(
     evaluate = make_eval_fn(model, config.eval_batch_size)
     refresh = make_statistics_refresh(model, config.batch_size, config.refresh_batches)
     parle = config.optimizer.name == "parle"
+    # Evaluation and the BatchNorm refresh run on this process's copy of the replicated
+    # parameters and data (the same in every process), not as global computations.
+    train_images, test_images, test_labels = local_copy(data[:1] + data[2:4])
+    placed_perm: dict[str, jax.Array] = {}
 
     def step_fn(state: TrainState, perm: jax.Array, step_in_epoch: int):
-        return train_step(state, data.train_images, data.train_labels, perm, step_in_epoch)
+        if placed_perm.get("source") is not perm:  # once per epoch
+            placed_perm.update(source=perm, placed=place(perm, mesh))
+        return train_step(
+            state, data.train_images, data.train_labels, placed_perm["placed"], step_in_epoch
+        )
 
     def epoch_end(state: TrainState, step: int, seconds: float, steps_timed: int):
         steps_in_epoch = step - (step - 1) // steps_per_epoch * steps_per_epoch
         train_loss, train_error = (np.asarray(state.epoch_sums) / steps_in_epoch).tolist()
-        state = state._replace(epoch_sums=jnp.zeros_like(state.epoch_sums))
+        sums = state.epoch_sums
+        state = state._replace(epoch_sums=place(jnp.zeros(sums.shape, sums.dtype), mesh))
+        params = local_copy(state.params)
         model_state = refresh(
-            state.params, eval_model_state(state.model_state), data.train_images, config.seed, step
+            params, local_copy(eval_model_state(state.model_state)), train_images, config.seed, step
         )
         if not parle:  # Parle keeps one state per replica; x̄'s refreshed one serves eval only
-            state = state._replace(model_state=model_state)
+            state = state._replace(model_state=place(model_state, mesh))
         fault_point("evaluation", step)
-        test_loss, test_error = evaluate(
-            state.params, model_state, data.test_images, data.test_labels
-        )
+        test_loss, test_error = evaluate(params, model_state, test_images, test_labels)
         record = {
             "step": step,
             "effective_epochs": step / steps_per_epoch,
@@ -277,7 +313,7 @@ def train(
         }
         return state, record
 
-    with run_lock(run_dir):
+    with run_lock(run_dir) if distributed.is_writer() else contextlib.nullcontext():
         state, checkpoints = open_run(config, run_dir, state, resume, total_steps, log)
         return run_epochs(
             state,
@@ -350,9 +386,11 @@ def open_run(
             log(
                 f"no checkpoint in {run_dir} yet (stopped before its first one): starting at step 0"
             )
-    reconcile_metrics(run_dir, int(state.step), record, log)
-    write_json_atomic(run_dir / "config.json", config.to_json())
-    checkpoints.clean_staging()
+    if distributed.is_writer():
+        reconcile_metrics(run_dir, int(state.step), record, log)
+        write_json_atomic(run_dir / "config.json", config.to_json())
+        checkpoints.clean_staging()
+    distributed.barrier("run-opened")
     return state, checkpoints
 
 
@@ -476,6 +514,9 @@ def run_epochs(
     ``--resume`` is exact) and raises :class:`TrainingInterrupted`; ``stop_after_steps``
     stops the same way but returns. A non-finite loss or state raises
     :class:`TrainingDiverged` without saving it. Returns all metrics records of the run.
+    With several processes (``relaxjax.train.distributed``) every process runs the loop:
+    they agree on a stop every ``STOP_CHECK_EVERY`` steps and at epoch ends, and only
+    process 0 appends to ``metrics.jsonl`` and prints.
 
     Args:
       state: the initial (or restored) state; it has a ``step``.
@@ -561,11 +602,24 @@ def run_epochs(
         if full and not all_finite(state):
             raise diverged(step, "the parameters or the optimizer state became non-finite")
 
-    stopped = False
+    stopped, writer = False, distributed.is_writer()
     with _StopRequests() as stop:
+
+        def requested(step: int | None = None) -> int | None:
+            """The signal that stops the run before step ``step + 1``, agreed by every
+            process (they agree at every ``STOP_CHECK_EVERY``-th step, at epoch ends, and
+            when the loop ends: ``step`` None)."""
+            if not distributed.multi_process():
+                return stop.signum
+            if step is not None and step % distributed.STOP_CHECK_EVERY and step % steps_per_epoch:
+                return None
+            return distributed.any_process(stop.signum or 0) or None  # a collective
+
+        signum = None
         try:
             while step < total_steps:
-                if stop.signum is not None:
+                signum = requested(step)
+                if signum is not None:
                     break
                 epoch, step_in_epoch = divmod(step, steps_per_epoch)
                 if perm_epoch != epoch:
@@ -595,19 +649,21 @@ def run_epochs(
                     checkpoints.save(state, record)
                     saved_step = step
                     fault_point("metrics-write", step)
-                    append_metrics(run_dir, record)
-                    bar.write(
-                        f"epoch {record['effective_epochs']:.2f}  train loss "
-                        f"{record['train_loss']:.4f}  test error "
-                        f"{100 * record['test_error']:.2f}%"
-                    )
+                    if writer:
+                        append_metrics(run_dir, record)
+                        bar.write(
+                            f"epoch {record['effective_epochs']:.2f}  train loss "
+                            f"{record['train_loss']:.4f}  test error "
+                            f"{100 * record['test_error']:.2f}%"
+                        )
                     fault_point("epoch-end", step)
                     epoch_start, steps_timed = time.perf_counter(), 0
                     throughput.restart(step)  # evaluation and saving are not training
                 if stop_after_steps is not None and step >= stop_after_steps:
                     stopped = True
                     break
-            if (stopped or stop.signum is not None) and step < total_steps:
+            signum = signum if signum is not None else requested()
+            if (stopped or signum is not None) and step < total_steps:
                 if saved_step != step:
                     check(state, full=True)
                     checkpoints.save(state)  # mid-epoch: the running sums are in the state
@@ -620,10 +676,11 @@ def run_epochs(
                     else f"interrupted before the first step (run dir {run_dir})"
                 )
                 log(message)
-                if stop.signum is not None:
-                    raise TrainingInterrupted(message, step, stop.signum)
+                if signum is not None:
+                    raise TrainingInterrupted(message, step, signum)
         finally:
             bar.close()
+    distributed.barrier("run-done")  # process 0 has written every record
     return read_metrics(run_dir)
 
 
