@@ -30,16 +30,18 @@ SECTIONS = [  # (results file stem, what it answers)
     ("pytorch_comparison", "Against an eager PyTorch Entropy-SGD"),
     ("pytorch_comparison_lenet_dr", "Against an eager PyTorch Entropy-SGD, on lenet-dr"),
     ("pytorch_comparison_gpu", "Against an eager PyTorch Entropy-SGD, on a GPU"),
+    ("authors_code", "Against the authors' own Entropy-SGD code (ucla-vision/entropy-sgd)"),
     ("input_pipeline", "Input pipeline's share of a step"),
     ("paper_table", "The paper's table (MNIST; CIFAR-10 from a GPU)"),
     ("parle", "Parle and data parallel"),
     ("msa", "Maximum-principle training (E-MSA)"),
     ("fault_injection", "Interrupted runs resumed (SIGINT and SIGKILL at random points)"),
     ("laplacian_smoothing", "Laplacian smoothing (LS-SGD) beside SGD on MNIST"),
-    ("flatness", "Flatness: six optimizers at equal gradient evaluations, the minima they find"),
+    ("flax_mnist_port", "Flax's MNIST example ported to relaxjax, beside the original"),
     ("compile_cache", "Warm starts: time to the first step, cold and warm"),
     ("compile_cache_sgd", "Warm starts with SGD, whose every program is cacheable"),
     ("scaling", "Communication per outer step at 8 to 512 devices (data parallel, Parle)"),
+    ("flatness", "Flatness: six optimizers at equal gradient evaluations, the minima they find"),
 ]
 
 PREAMBLE = """# relaxjax — measured results

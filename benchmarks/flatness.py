@@ -336,7 +336,7 @@ def train_with(
         return state, record | {"examples_per_second": examples / seconds}
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_json()))
+    write_json(run_dir / "config.json", config.to_json())
     return run_epochs(
         state,
         step_fn,

@@ -25,6 +25,7 @@ replaces; the results file says whether it did.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -262,8 +263,9 @@ def write_markdown(path, result):
     ]
     for v in result["verdicts"]:
         word = "within" if v["within_tolerance"] else "NOT within"
+        side = "behind" if v["gap_points"] > 0 else "ahead of"
         lines.append(
-            f"- {v['port']} vs {v['baseline']}: {v['gap_points']:+.2f} points behind "
+            f"- {v['port']}: {abs(v['gap_points']):.2f} points {side} {v['baseline']} "
             f"({word} tolerance)."
         )
     lines += ["", "Test accuracy (%) after each effective epoch:", ""]
@@ -310,7 +312,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--smoke", action="store_true", help="tiny generated data, few steps")
     parser.add_argument("--smoke-examples", type=int, default=256)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the .md from --out-dir's .json"
+    )
     args = parser.parse_args(argv)
+    out = Path(args.out_dir)
+    if args.report_only:
+        write_markdown(
+            out / "flax_mnist_port.md", json.loads((out / "flax_mnist_port.json").read_text())
+        )
+        return 0
     if args.smoke:
         args.epochs, args.batch_size, args.seeds, args.num_steps = 1.0, 16, [0], 2
         args.max_steps_per_epoch = 4
@@ -347,7 +358,6 @@ def main(argv=None) -> int:
         "verdicts": verdicts(summary),
         "rows": rows,
     }
-    out = Path(args.out_dir)
     write_json(out / "flax_mnist_port.json", result)
     write_markdown(out / "flax_mnist_port.md", result)
     for v in result["verdicts"]:

@@ -33,8 +33,8 @@ checkpoint) and no further cell is started. Each cell's record, finished or in p
 goes to ``OUT_DIR/paper_runs/``; its run directory (``--runs-dir``, with the checkpoints)
 stays, and the next call continues it (``relaxjax train --resume``). Cells recorded in
 full are not trained again. Then ``python benchmarks/paper_table.py --report-only
---models mnistfc-dr lenet-dr mnistfc lenet allcnn --seeds 0 1 2`` rebuilds the table and
-``python benchmarks/collect_results.py`` RESULTS.md.
+--models mnistfc-dr lenet-dr mnistfc lenet lenet-pytorch allcnn --seeds 0 1 2`` rebuilds the
+table and ``python benchmarks/collect_results.py`` RESULTS.md.
 """
 
 from __future__ import annotations
@@ -433,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(summary))
     if any(row["benchmark"].startswith("allcnn-") for row in rows):
         print(
-            "the paper table with these records: python benchmarks/paper_table.py "
-            "--report-only --models mnistfc-dr lenet-dr mnistfc lenet allcnn --seeds 0 1 2"
+            "the paper table with these records: python benchmarks/paper_table.py --report-only "
+            "--models mnistfc-dr lenet-dr mnistfc lenet lenet-pytorch allcnn --seeds 0 1 2"
         )
     failed = [row["benchmark"] for row in rows if row["status"] == "failed"]
     if failed:

@@ -14,13 +14,30 @@ tests/test_xla_cpu.py -k optimization_level`` lists them), and
 level, set the flag yourself, e.g.
 ``XLA_FLAGS=--xla_backend_optimization_level=2 python -m pytest -q``; a level already in
 ``XLA_FLAGS`` is left as it is. Timings belong in ``benchmarks/``, which never sets it.
+
+The test processes also take the XLA:CPU settings of ``relaxjax train`` and the
+benchmarks (:func:`relaxjax.cpu.apply_cpu_settings`: the scheduler, and 512-bit vectors
+on AVX-512 CPUs) when this file is imported, before any backend starts, and pass them
+to their child Pythons. So a computation in a test process and the same one in a child
+(a killed run resumed in-process, a second ``jax.distributed`` process) compile alike
+and agree bit for bit, whichever tests started JAX first.
+
+JAX's persistent compilation cache, which ``relaxjax train`` turns on by default, is
+off for the suite (``RELAXJAX_NO_COMPILATION_CACHE=1``), so the tests neither write to
+the user's cache directory nor read programs another run compiled; the tests of the
+cache turn it on in their own folders.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+from relaxjax.cpu import xla_flags
 
 OPTIMIZATION_LEVEL_FLAG = "--xla_backend_optimization_level"
 TEST_XLA_FLAGS = f"{OPTIMIZATION_LEVEL_FLAG}=1"
@@ -32,15 +49,38 @@ def with_test_flags(flags: str) -> str:
 
 # Set when pytest imports this file: before any test module starts a JAX backend.
 os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
+xla_flags.apply_cpu_settings()
+os.environ.setdefault("RELAXJAX_NO_COMPILATION_CACHE", "1")
+
+# The flags a child Python inherits: the level and relaxjax's CPU settings.
+INHERITED_FLAGS = (OPTIMIZATION_LEVEL_FLAG, xla_flags.SCHEDULER_FLAG, xla_flags.VECTOR_WIDTH_FLAG)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
 def cpu_subprocess_env() -> dict[str, str]:
     """Environment for a child Python on JAX's CPU backend: of the parent's XLA_FLAGS only
-    the tests' optimization level (``TEST_XLA_FLAGS``, or the level the user chose).
+    the tests' optimization level (``TEST_XLA_FLAGS``, or the level the user chose),
+    first, and relaxjax's CPU settings (``INHERITED_FLAGS``).
 
     The child scripts add their own flags (e.g. four simulated host devices) before
     importing JAX; other inherited flags must not override them.
     """
-    level = [f for f in os.environ["XLA_FLAGS"].split() if f.startswith(OPTIMIZATION_LEVEL_FLAG)]
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(level))
+    flags = os.environ["XLA_FLAGS"].split()
+    kept = [f for prefix in INHERITED_FLAGS for f in flags if f.startswith(f"{prefix}=")]
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(kept))
+
+
+@pytest.fixture
+def load_benchmark():
+    """``load_benchmark(name)``: the module of ``benchmarks/<name>.py`` (``benchmarks/`` is
+    not a package: each script is a file run from the repository root)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -180,8 +180,8 @@ def hj_sgd(
 
 def heat_sgd(
     learning_rate: ScalarOrSchedule,
-    gamma: ScalarOrSchedule = 0.1,
     *,
+    gamma: ScalarOrSchedule = 0.1,
     num_steps: int | None = None,
     step_size: ScalarOrSchedule = 0.1,
     noise: ScalarOrSchedule = 1e-4,

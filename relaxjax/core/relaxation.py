@@ -257,6 +257,7 @@ def _relaxation(
     keep_inner_state: bool,
     compute_dtype: Any,
     output: str,
+    check_at_update: bool = True,
     average: str = "exponential",
     default_num_steps: int = DEFAULT_NUM_STEPS,
 ) -> optax.GradientTransformationExtraArgs:
@@ -268,6 +269,8 @@ def _relaxation(
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}.")
     unroll = _inner_loop_unroll(unroll, num_steps)
+    if not isinstance(check_at_update, bool):
+        raise TypeError(f"check_at_update must be True or False, got {check_at_update!r}.")
     hyperparams.check_positive("gamma", gamma)
     hyperparams.check_positive("step_size", step_size)
     hyperparams.check_nonnegative("noise", noise)
@@ -332,7 +335,7 @@ def _relaxation(
         count = state.relaxation_count
         gamma_t = hyperparams.value_at(gamma, count)
         eta = hyperparams.value_at(step_size, count)
-        if inner_optimizer is None:
+        if inner_optimizer is None and check_at_update:
             _check_inner_sgd_at_update(eta, gamma_t)
         alpha_t = hyperparams.value_at(alpha, count)
         noise_scale = (
@@ -424,6 +427,7 @@ def local_entropy(
     keep_inner_state: bool = False,
     compute_dtype: Any = None,
     output: str = "gradient",
+    check_at_update: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the local entropy (Entropy-SGD).
 
@@ -511,6 +515,14 @@ def local_entropy(
         chaining before any Optax optimizer (scale-free ones such as Adam need no
         retuning); ``"displacement"``: x − μ, the direction the original code's
         outer rate multiplies (the aliases use it, ``docs/conventions.md`` §3).
+      check_at_update: True (default): with the default inner SGD, η′ ≥ 2γ reached at
+        run time (a γ or η′ schedule, or a value changed through
+        ``inject_hyperparams``) stops that step with a ``ValueError``, raised by a
+        host callback inside a ``lax.cond``. False: no update-time check; the values
+        known at construction are checked either way. JAX's persistent compilation
+        cache never stores a program that calls back into Python, so ``relaxjax
+        train`` checks its γ schedule over the whole run on the host when it starts
+        and passes False, and its step is cached (``docs/cli.md`` §1.5).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes
@@ -569,6 +581,7 @@ def local_entropy(
         keep_inner_state=keep_inner_state,
         compute_dtype=compute_dtype,
         output=output,
+        check_at_update=check_at_update,
     )
 
 
@@ -586,6 +599,7 @@ def hopf_lax(
     keep_inner_state: bool = False,
     compute_dtype: Any = None,
     output: str = "gradient",
+    check_at_update: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by the gradient of the Hopf-Lax (Moreau) envelope.
 
@@ -619,6 +633,7 @@ def hopf_lax(
       keep_inner_state: see ``local_entropy``.
       compute_dtype: see ``local_entropy``.
       output: see ``local_entropy``.
+      check_at_update: see ``local_entropy``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn`` as a
@@ -667,6 +682,7 @@ def hopf_lax(
         keep_inner_state=keep_inner_state,
         compute_dtype=compute_dtype,
         output=output,
+        check_at_update=check_at_update,
     )
 
 
@@ -686,6 +702,7 @@ def heat_smoothing(
     keep_inner_state: bool = False,
     compute_dtype: Any = None,
     output: str = "gradient",
+    check_at_update: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Replaces the gradient by a chain average of gradients: the heat-equation relaxation.
 
@@ -744,6 +761,7 @@ def heat_smoothing(
         inner momentum buffer for the whole run).
       compute_dtype: see :func:`local_entropy`.
       output: ``"gradient"`` (default): (x − μ)/γ; ``"displacement"``: x − μ.
+      check_at_update: see ``local_entropy``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose update takes ``grad_fn``
@@ -795,6 +813,7 @@ def heat_smoothing(
         keep_inner_state=keep_inner_state,
         compute_dtype=compute_dtype,
         output=output,
+        check_at_update=check_at_update,
         average="uniform",
         default_num_steps=HEAT_NUM_STEPS,
     )

@@ -266,7 +266,9 @@ def train(
         )
     total_steps = max(1, round(config.epochs * steps_per_epoch))
     mesh = run_mesh(config, log)
-    tx = make_optimizer(config.optimizer, steps_per_epoch, seed=config.seed, mesh=mesh)
+    tx = make_optimizer(
+        config.optimizer, steps_per_epoch, seed=config.seed, mesh=mesh, total_steps=total_steps
+    )
     state, train_step, eval_model_state = initial_state_and_step(
         config, model, tx, data.train_images[:1], mesh
     )

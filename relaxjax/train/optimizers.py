@@ -175,7 +175,12 @@ def _decay(config: OptimizerConfig, outer_steps_per_epoch: float) -> Callable:
 
 
 def make_optimizer(
-    config: OptimizerConfig, outer_steps_per_epoch: float, *, seed: int = 0, mesh=None
+    config: OptimizerConfig,
+    outer_steps_per_epoch: float,
+    *,
+    seed: int = 0,
+    mesh=None,
+    total_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Builds the named optimizer; ``outer_steps_per_epoch`` converts epochs to steps.
 
@@ -187,13 +192,21 @@ def make_optimizer(
         milestones, given in effective epochs).
       seed: the Langevin noise's seed.
       mesh: a mesh for Parle's replicas, or None.
+      total_steps: the run's number of outer steps, if known. Then the inner SGD's
+        stability η′ < 2γ_t is checked here, on the host, for every step of the run
+        (the scoping lowers γ_t), and the relaxation skips its update-time check
+        (``check_at_update=False``), a host callback that keeps JAX's persistent
+        compilation cache from storing the step. None: the relaxation checks at
+        every update.
 
     Returns:
       The Optax transform (``relaxjax.Parle`` for ``parle``); its update takes
       ``grad_fn`` (ignored by ``sgd`` and ``adam``).
 
     Raises:
-      ValueError: for ``emsa``, which is no Optax transform (``relaxjax.train.emsa``).
+      ValueError: for ``emsa``, which is no Optax transform (``relaxjax.train.emsa``);
+        with ``total_steps``, for a step size that the γ schedule makes unstable
+        (η′ ≥ 2γ_t) before the run's last step.
 
     References:
       ``docs/cli.md`` §1.3 (what an outer step does), ``docs/conventions.md`` §3 (the
@@ -245,6 +258,9 @@ def make_optimizer(
         inner_sgd = optax.sgd(config.step_size, momentum=config.inner_momentum, nesterov=True)
         keep = config.inner_momentum_buffer == "keep"
         common.update(inner_optimizer=inner_sgd, keep_inner_state=keep)
+    elif total_steps is not None and config.name != "entropy-adam":  # the default inner SGD
+        _check_inner_sgd_over_run(config, gamma, total_steps)
+        common.update(check_at_update=False)
     if config.name == "hj":
         relaxation = hopf_lax(**common)
     elif config.name == "heat":
@@ -260,6 +276,25 @@ def make_optimizer(
         return config.lr * decay(t)
 
     return optax.chain(relaxation, optax.sgd(outer_rate, **nesterov))
+
+
+def _check_inner_sgd_over_run(config: OptimizerConfig, gamma: Callable, total_steps: int) -> None:
+    """Raises a ValueError naming the options if η′ ≥ 2γ_t at some outer step t of the run.
+
+    γ_t = γ₀ (1 + r)^−t only decreases, so its smallest value in the run is at the
+    last update, t = ``total_steps`` − 1.
+    """
+    last = max(int(total_steps) - 1, 0)
+    smallest = float(gamma(last))
+    if config.step_size >= 2 * smallest:
+        raise ValueError(
+            f"step_size={config.step_size:g} must be < 2*gamma at every outer step: the "
+            f"scoping gamma_t = {config.gamma:g} (1 + {config.scoping:g})^-t lowers gamma to "
+            f"{smallest:.4g} by step {last} of this run's {total_steps}, where each inner step "
+            f"would multiply y - x by {1 - config.step_size / smallest:.3g} and the inner "
+            "loop diverges. Lower --step-size or --scoping, raise --gamma, or train fewer "
+            "epochs."
+        )
 
 
 def _make_parle(config: OptimizerConfig, decay: Callable, seed: int, mesh):

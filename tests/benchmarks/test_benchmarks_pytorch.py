@@ -61,8 +61,13 @@ def _relaxjax_trajectory(x, y, w0, b0, lr, gamma0, rate):
             return jnp.mean((xs[i] @ params["w"] + params["b"] - ys[i]) ** 2)
 
         gamma = relaxjax.scoping(gamma0, rate)
-        # The twin's lr is on (x − μ)/γ_t, the alias's on x − μ.
-        tx = relaxjax.entropy_sgd(lambda t: lr / gamma(t), gamma, **HYPER)
+        # The twin's lr and Nesterov momentum act on the relaxed gradient (x − μ)/γ_t: the
+        # transform's output, chained before optax.sgd (the aliases' rate is on x − μ,
+        # which differs once γ_t changes under the momentum).
+        tx = optax.chain(
+            relaxjax.local_entropy(gamma, **HYPER),
+            optax.sgd(lr, momentum=0.9, nesterov=True),
+        )
         params = {"w": jnp.asarray(w0), "b": jnp.asarray(b0)}
         state, trajectory = tx.init(params), []
         for t in range(OUTER_STEPS):

@@ -23,10 +23,12 @@ def test_scaling_benchmark_smoke(tmp_path, cpu_subprocess_env):
     (model,) = result["models"]
     layouts = {row["layout"]: row for row in model["layouts"]}
     dp, parle = layouts["data parallel"], layouts["one replica per device"]
-    # Parle all-reduces x̄ once per outer step: the parameters' bytes; data parallel
-    # all-reduces a gradient at each of its L = 2 inner steps, and more.
+    # Parle all-reduces x̄ once per outer step: the parameters' bytes, and a few scalars
+    # (the step's metrics) that XLA's all-reduce combiner folds into the same collective;
+    # data parallel all-reduces a gradient at each of its L = 2 inner steps, and more.
     assert parle["collectives"] == 1
-    assert parle["bytes_per_outer_step"] == model["parameter_bytes"]
+    extra = parle["bytes_per_outer_step"] - model["parameter_bytes"]
+    assert 0 <= extra <= 16, extra
     assert dp["collectives"] > 2 and dp["bytes_per_outer_step"] >= 2 * model["parameter_bytes"]
     assert model["flops_per_outer_step"] > 0
     assert [[p["devices"] for p in rows] for rows in model["projection"]] == [[8, 64, 512]] * 2

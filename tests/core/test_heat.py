@@ -172,5 +172,5 @@ def test_heat_sgd_steps_by_the_rate_times_the_displacement():
     options = dict(num_steps=7, step_size=0.05, noise=1e-3, seed=3)
     relax = relaxjax.heat_smoothing(0.1, output="displacement", **options)
     displacement = _updates(relax, x, loss)
-    updates = _updates(relaxjax.heat_sgd(0.5, 0.1, momentum=None, **options), x, loss)
+    updates = _updates(relaxjax.heat_sgd(0.5, gamma=0.1, momentum=None, **options), x, loss)
     np.testing.assert_allclose(updates, -0.5 * displacement, rtol=1e-6)

@@ -187,6 +187,25 @@ def test_gamma_lowered_through_the_state_below_half_the_step_fails_clearly(name)
         jax.block_until_ready(jax.jit(_step(tx))(PARAMS, state))
 
 
+@pytest.mark.parametrize(
+    "factory", [relaxjax.local_entropy, relaxjax.hopf_lax, relaxjax.heat_smoothing]
+)
+def test_check_at_update_false_leaves_no_host_callback_in_the_step(factory):
+    """The update-time check of η′ < 2γ is the step's only call back into Python (which
+    JAX's persistent compilation cache refuses to store); ``check_at_update=False`` drops
+    it, and then a γ schedule that falls below η′/2 is no longer caught."""
+
+    def step_text(check: bool) -> str:
+        schedule = lambda t: 0.1 / (1.0 + t)  # noqa: E731  (γ_1 = 0.05 < 2·0.05 = η′)
+        tx = factory(schedule, num_steps=2, step_size=0.05, check_at_update=check)
+        return jax.jit(_step(tx)).lower(PARAMS, tx.init(PARAMS)).as_text()
+
+    assert "callback" in step_text(True)
+    assert "callback" not in step_text(False)
+    with pytest.raises(TypeError, match="check_at_update must be True or False"):
+        factory(0.1, check_at_update="no")
+
+
 def test_tree_get_finds_the_relaxation_count_alone():
     tx = optax.inject_hyperparams(relaxjax.entropy_sgd)(learning_rate=0.5, gamma=0.1)
     _, state = jax.jit(_step(tx))(PARAMS, tx.init(PARAMS))

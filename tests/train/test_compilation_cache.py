@@ -2,8 +2,9 @@
 cache by default, in relaxjax's cache directory; an option or a variable turns it off.
 
 Each run is the tiny one of ``test_faults`` (``tiny_command``, with SGD), in this process, with its
-own batch size so that its training step is a program this process has not compiled
-before (JAX's in-memory caches would otherwise hide whether the disk cache is written).
+own batch size and after clearing JAX's in-memory caches, so that its programs are
+compiled or read from the disk cache (the in-memory caches would hide whether the disk
+cache is written).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ OPTIONS = (
 def _restore_jax_settings(monkeypatch):
     """The cache settings as they were before the test (they are process-wide)."""
     saved = {name: getattr(jax.config, name) for name in OPTIONS}
+    jax.config.update("jax_compilation_cache_dir", None)  # a directory another test chose
     for name in (
         compilation_cache.COMPILATION_CACHE_DIR_ENV,
         compilation_cache.NO_COMPILATION_CACHE_ENV,
@@ -40,10 +42,13 @@ def _restore_jax_settings(monkeypatch):
     compilation_cache._reset()
 
 
-def _train(tmp_path: Path, batch_size: int, *extra: str) -> None:
+def _train(tmp_path: Path, batch_size: int, *extra: str, optimizer: str = "sgd") -> None:
+    # Programs compiled before, by this test or another one in this process, are in JAX's
+    # in-memory caches, which would hide whether the disk cache is written.
+    jax.clear_caches()
     # SGD: every program of its run is cacheable (the relaxations' outer step holds a host
     # callback, which JAX never caches).
-    argv = ["train", "--optimizer", "sgd", "--epochs", "1", "--batch-size", str(batch_size)]
+    argv = ["train", "--optimizer", optimizer, "--epochs", "1", "--batch-size", str(batch_size)]
     argv += [
         "--refresh-batches",
         "1",
@@ -64,6 +69,28 @@ def test_the_command_caches_its_programs_in_relaxjax_cache_dir_by_default(tmp_pa
     entries = _entries(tmp_path / "cache" / "jax-compilation")
     assert len(entries) >= 3, entries  # the step, the evaluation, the initialisation, ...
     assert any(name.startswith("jit_train_step") for name in entries), entries
+
+
+@pytest.mark.parametrize("optimizer", ["entropy-sgd", "hj", "heat"])
+def test_the_relaxations_step_is_cached_and_read_back(tmp_path, monkeypatch, optimizer):
+    """The command checks the γ schedule over the run on the host, so its relaxation
+    step holds no host callback and is cached like every other program; a second start
+    reads it back (writes no new entry) and trains the same run."""
+    monkeypatch.setenv("RELAXJAX_CACHE_DIR", str(tmp_path / "cache"))
+    options = ("-L", "2", "--gamma", "1.0", "--step-size", "0.1")
+    _train(tmp_path, 8, *options, optimizer=optimizer)
+    folder = tmp_path / "cache" / "jax-compilation"
+    cold = _entries(folder)
+    assert any(name.startswith("jit_train_step") for name in cold), cold
+    (tmp_path / "run8").rename(tmp_path / "cold")
+    _train(tmp_path, 8, *options, optimizer=optimizer)
+    assert _entries(folder) == cold
+    from relaxjax.train import read_metrics
+
+    def untimed(run):
+        return [{k: v for k, v in r.items() if "second" not in k} for r in read_metrics(run)]
+
+    assert untimed(tmp_path / "run8") == untimed(tmp_path / "cold")
 
 
 def test_the_cache_is_relocated_by_option_and_by_variable(tmp_path, monkeypatch):

@@ -107,31 +107,6 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     jax.tree.map(np.testing.assert_array_equal, a, b)  # params, BatchNorm stats, opt state
 
 
-CACHE_OPTIONS = {
-    "jax_compilation_cache_dir": None,
-    "jax_persistent_cache_min_compile_time_secs": 0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for this module's runs (and its child processes):
-    each run compiles the same programs, so all but the first load them. A cached program
-    is the compiled one, so results stay bit-identical."""
-    from jax._src import compilation_cache
-
-    path = tmp_path_factory.mktemp("jax-cache")
-    saved = {name: getattr(jax.config, name) for name in CACHE_OPTIONS}
-    for name, value in {**CACHE_OPTIONS, "jax_compilation_cache_dir": str(path)}.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-    yield path
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run."""
@@ -181,14 +156,6 @@ def test_sigint_at_every_point_resumes_exactly(point, step, tmp_path, reference,
     assert_same_run(run_dir, reference)
 
 
-def _cache_env(path: Path) -> dict[str, str]:
-    return {
-        "JAX_COMPILATION_CACHE_DIR": str(path),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-
-
 def _child(run_dir: Path, fault: str, env: dict) -> subprocess.CompletedProcess:
     argv = [sys.executable, str(HERE), *ARGV, "--run-dir", str(run_dir)]
     return subprocess.run(
@@ -198,9 +165,9 @@ def _child(run_dir: Path, fault: str, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.subprocess
 def test_sigkill_during_checkpoint_and_metrics_writes_resumes_exactly(
-    tmp_path, reference, cpu_subprocess_env, compilation_cache, capsys
+    tmp_path, reference, cpu_subprocess_env, capsys
 ):
-    env = {**cpu_subprocess_env, "PYTHONPATH": str(ROOT), **_cache_env(compilation_cache)}
+    env = {**cpu_subprocess_env, "PYTHONPATH": str(ROOT)}
     # Killed while writing the checkpoint of step 16: its staging folder is left behind,
     # and the run continues from checkpoint 8.
     first = _child(tmp_path / "a", "checkpoint-write:16:KILL", env)
@@ -222,8 +189,8 @@ def test_sigkill_during_checkpoint_and_metrics_writes_resumes_exactly(
 
 
 @pytest.mark.subprocess
-def test_a_real_ctrl_c_exits_130_with_one_message(tmp_path, cpu_subprocess_env, compilation_cache):
-    env = {**cpu_subprocess_env, "PYTHONPATH": str(ROOT), **_cache_env(compilation_cache)}
+def test_a_real_ctrl_c_exits_130_with_one_message(tmp_path, cpu_subprocess_env):
+    env = {**cpu_subprocess_env, "PYTHONPATH": str(ROOT)}
     done = _child(tmp_path / "run", "evaluation:8:INT", env)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr

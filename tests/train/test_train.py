@@ -126,6 +126,27 @@ def test_inner_momentum_buffer_lives_in_the_optimizer_state(name):
         assert type(state) is relaxjax.RelaxationState  # checkpoints keep their layout
 
 
+def test_the_run_checks_its_gamma_schedule_on_the_host_before_it_starts():
+    """With the run's length, make_optimizer checks η′ < 2γ_t at every outer step (the
+    scoping lowers γ_t) and names the options; the same schedule over a shorter run
+    passes, with no update-time check left in the relaxation."""
+    # γ_t = 1 · 1.1^−t falls below η′/2 = 0.05 at t = 32.
+    config = OptimizerConfig("entropy-sgd", num_steps=2, gamma=1.0, scoping=0.1, step_size=0.1)
+    with pytest.raises(ValueError, match=r"lowers gamma to 0\.0243 by step 39 of this run's 40"):
+        make_optimizer(config, 10, total_steps=40)
+    with pytest.raises(ValueError, match="Lower --step-size or --scoping, raise --gamma"):
+        make_optimizer(config, 10, total_steps=40)
+    params = {"w": jnp.ones(3)}
+
+    def step_text(tx) -> str:
+        step = jax.jit(lambda p, s: tx.update(p, s, p, grad_fn=lambda y, i: y))
+        return step.lower(params, tx.init(params)).as_text()
+
+    assert "callback" not in step_text(make_optimizer(config, 10, total_steps=30))
+    # The run's length unknown: the relaxation checks at every update.
+    assert "callback" in step_text(make_optimizer(config, 10))
+
+
 def test_inner_momentum_buffer_reset_or_kept_changes_the_steps():
     """From the second outer step on, a kept buffer moves the weights otherwise."""
     params = {"w": jnp.array([1.0, -2.0, 0.5])}
