@@ -20,6 +20,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop_scaling", "Compile time and memory against L, 5 compilations each"),
     ("inner_loop_allcnn", "Inner-loop efficiency on All-CNN (CIFAR-10 sized)"),
     ("inner_loop_lenet_dr", "Inner-loop efficiency on lenet-dr (the Deep Relaxation code's LeNet)"),
+    ("inner_loop_floor", "The noisy step against its floor: L SGD steps plus L Langevin draws"),
     ("inner_loop_xla_cpu_flags", "Inner loop under XLA:CPU's flag settings"),
     ("inner_loop_xla_cpu_interleave", "Inner loop with LLVM loop interleaving (not set)"),
     ("inner_loop_vector_width_in_process", "Vector width, both compiled in one process"),
@@ -55,6 +56,13 @@ Read the machine line of each section: the sections were measured at different t
 shared 2-core VMs (AMD EPYC for the older ones, Intel Xeon with AVX-512 for the newer), some
 under load from other work, so absolute times differ between sections and are inflated in
 places; the ratios were measured side by side in one process.
+
+The network named `lenet` changed on 2026-12-03 (10:45 UTC): it now follows the Lua
+Entropy-SGD code's `mnistconv` (BatchNorm after each pooling, none on the 500 units). A
+section dated before that which names `lenet` measured the network now called
+`lenet-pytorch` (the PyTorch port's revised LeNet); the paper table's records and the
+authors'-code comparison are relabelled, the other sections keep the name they were
+measured under.
 """
 
 

@@ -23,9 +23,10 @@ to their child Pythons. So a computation in a test process and the same one in a
 and agree bit for bit, whichever tests started JAX first.
 
 JAX's persistent compilation cache, which ``relaxjax train`` turns on by default, is
-off for the suite (``RELAXJAX_NO_COMPILATION_CACHE=1``), so the tests neither write to
-the user's cache directory nor read programs another run compiled; the tests of the
-cache turn it on in their own folders.
+off for the suite (``RELAXJAX_NO_COMPILATION_CACHE=1``), so the tests do not read
+programs another run compiled; where a test turns it on without a folder, it goes to
+one of the session's (``RELAXJAX_COMPILATION_CACHE_DIR``), never the user's cache
+directory. The tests of the cache turn it on in their own folders.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ os.environ.setdefault("RELAXJAX_NO_COMPILATION_CACHE", "1")
 # The flags a child Python inherits: the level and relaxjax's CPU settings.
 INHERITED_FLAGS = (OPTIMIZATION_LEVEL_FLAG, xla_flags.SCHEDULER_FLAG, xla_flags.VECTOR_WIDTH_FLAG)
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache_in_a_temporary_folder(tmp_path_factory):
+    """A command or notebook that turns the compilation cache on without saying where
+    (``--compilation-cache``) writes to a folder of this session, not the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("jax-compilation")
+        mp.setenv("RELAXJAX_COMPILATION_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture

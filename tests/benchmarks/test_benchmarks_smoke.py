@@ -22,9 +22,14 @@ def test_inner_loop_benchmark_smoke(tmp_path, load_benchmark):
     assert candidates == {
         "baseline: L jitted SGD steps",
         "reference: the same L SGD steps inside one lax.scan",
+        "floor: L jitted SGD steps + L draws of the same noise",
         "default (rolled scan, canonical convs, hash noise)",
     }
     assert all(row["seconds_per_outer_step"] > 0 for row in results["timing"])
+    # The floor's own ratio is 1, and the noisy step is held to it in one sentence.
+    (floor,) = [r for r in results["timing"] if r["candidate"].startswith("floor:")]
+    assert floor["ratio_to_floor"] == 1.0
+    assert "**Floor, mnistfc**: default" in (tmp_path / "inner_loop.md").read_text()
     assert [(row["mode"], row["L"]) for row in results["scaling"]] == [
         (mode, L) for mode in ("reuse_gradient=True (default)", "reuse_gradient=False (train)")
         for L in (1, 2)

@@ -1,9 +1,7 @@
 """``relaxjax train --optimizer emsa`` (E-MSA of Li, Chen, Tai, E; JMLR 2018): end to end,
 exact resume, refused models, the CPU conv-layout path, and the benchmark's smoke run."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -153,8 +151,8 @@ def test_canonical_line_search_matches_the_plain_one():
     assert float(canonical.aug_new) > float(canonical.aug_old)
 
 
-def test_gray28_substitute_conversion():
-    bench = _load_benchmark()
+def test_gray28_substitute_conversion(load_benchmark):
+    bench = load_benchmark("msa_benchmark")
     rgb = np.zeros((2, 32, 32, 3), np.uint8)
     rgb[0] = 255
     rgb[1, ..., 1] = 100
@@ -163,18 +161,9 @@ def test_gray28_substitute_conversion():
     assert np.all(gray[0] == 255) and np.all(gray[1] == round(0.587 * 100))
 
 
-def _load_benchmark():
-    path = ROOT / "benchmarks" / "msa_benchmark.py"
-    spec = importlib.util.spec_from_file_location("bench_msa", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_msa_benchmark_smoke(tmp_path):
+def test_msa_benchmark_smoke(tmp_path, load_benchmark):
     argv = ["--smoke", "--tasks", "sine", "mnist", "--out-dir", str(tmp_path)]
-    assert _load_benchmark().main(argv) == 0
+    assert load_benchmark("msa_benchmark").main(argv) == 0
     results = json.loads((tmp_path / "msa_smoke.json").read_text())
     tasks = {row["task"] for row in results["comparison"]}
     assert tasks == {"sine-good", "sine-zero", "mnist"}
