@@ -55,14 +55,17 @@ class HashDropout(nn.Dropout):
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if deterministic or self.rate == 0.0:
             return inputs
+        # Zeros from the shape and dtype alone: ``zeros_like`` would copy the inputs'
+        # sharding, which inside a ``shard_map`` (Parle's replicas) names the outer mesh.
+        zero = jnp.zeros((), jnp.result_type(inputs))
         if self.rate == 1.0:
-            return jnp.zeros_like(inputs)
+            return jnp.broadcast_to(zero, jnp.shape(inputs))
         keep = 1.0 - self.rate
         key = self.make_rng(self.rng_collection) if rng is None else rng
         shape = [1 if d in self.broadcast_dims else n for d, n in enumerate(jnp.shape(inputs))]
         u = noise.hash_uniform(jax.random.bits(key, (2,), jnp.uint32), tuple(shape))
         mask = jnp.broadcast_to(u < 2.0 * keep - 1.0, jnp.shape(inputs))
-        return jnp.where(mask, inputs / keep, jnp.zeros_like(inputs))
+        return jnp.where(mask, inputs / keep, zero)
 
 
 def batch_norm(train: bool) -> nn.BatchNorm:

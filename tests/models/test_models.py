@@ -353,6 +353,32 @@ def test_lenet_convolution_implementations_agree():
         models.PatchConv(4, (3, 3), "cudnn").init(jax.random.PRNGKey(0), x)
 
 
+@pytest.mark.parametrize("rate", [0.5, 1.0])
+def test_hash_dropout_inside_parles_replica_map_on_a_batch_split_over_data(rate):
+    """Parle's replicas run in a ``shard_map`` (manual over 'replica') whose batches carry a
+    sharding constraint over the automatic 'data' axis, as All-CNN's input dropout sees
+    them: the dropout's zeros must not copy that outer-mesh sharding (``zeros_like`` did,
+    and All-CNN's Parle step did not compile)."""
+    from jax.sharding import PartitionSpec as P
+
+    from relaxjax.core import replica_map
+    from relaxjax.core.mesh import DATA_AXIS, constrain, make_mesh
+
+    mesh = make_mesh(1, num_replicas=1)
+    layer = models.HashDropout(rate)
+
+    def replica(x, key):
+        x = constrain(x, mesh, P(DATA_AXIS))
+        return layer.apply({}, x, deterministic=False, rngs={"dropout": key})
+
+    x = jnp.ones((1, 8, 4, 4, 3))  # one replica's batch of 8 images
+    keys = jax.random.split(jax.random.key(0), 1)
+    out = jax.jit(replica_map(replica, mesh=mesh))(x, keys)
+    expected = jax.vmap(replica)(x, keys)  # no mesh: plain vmap
+    np.testing.assert_array_equal(out, expected)
+    assert set(np.unique(np.asarray(out))) <= {0.0, 1 / (1 - rate) if rate < 1 else 0.0}
+
+
 def test_hash_dropout_keeps_the_rate_and_scale():
     """relaxjax's models drop out with the counter hash: keep probability 1 − rate, kept
     values scaled by 1/(1 − rate), fresh masks per key, the identity in eval mode."""
