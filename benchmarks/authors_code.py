@@ -474,14 +474,11 @@ class RelaxjaxTrainer:
 
 
 def load_arrays(args: argparse.Namespace) -> Arrays:
-    """MNIST from ``--data-dir`` (relaxjax's loader), or small random data for ``--smoke``."""
+    """MNIST from ``--data-dir`` (relaxjax's loader), or the benchmarks' generated digits
+    (``--smoke-examples`` of each split) for ``--smoke``."""
     if args.smoke:
-        rng = np.random.default_rng(0)
-        make = lambda n: (  # noqa: E731
-            rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-            rng.integers(0, 10, n).astype(np.int32),
-        )
-        return {"train": make(args.smoke_examples), "test": make(args.batch_size)}
+        train, test = _env.smoke_mnist(2 * args.smoke_examples)
+        return {"train": train, "test": test}
     return {
         split: data_lib.load_mnist(split, data_dir=args.data_dir, download=False, progress=False)
         for split in ("train", "test")

@@ -398,7 +398,7 @@ def floor_verdicts(timing: list[dict]) -> list[str]:
         rows = {
             row["candidate"]: row
             for row in timing
-            if row["model"] == model and row["candidate"] in NOISY_STEPS and "ratio_to_floor" in row
+            if row["model"] == model and row["candidate"] in NOISY_STEPS
         }
         if not rows:
             continue
@@ -468,7 +468,7 @@ def write_results(
         lines.append(
             f"| {row['model']} | {row['candidate']} | {row['ms_per_gradient']:.1f} | "
             f"{row['ratio_to_baseline']:.2f} | {row['ratio_to_scan']:.2f} | "
-            f"{row.get('ratio_to_floor', float('nan')):.2f} | {compile_s} |"
+            f"{row['ratio_to_floor']:.2f} | {compile_s} |"
         )
     floor_lines = floor_verdicts(timing)
     if floor_lines:

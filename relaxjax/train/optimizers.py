@@ -254,21 +254,22 @@ def make_optimizer(
         reuse_gradient=False,
         output="displacement",
     )
+    inner = None  # the relaxation's default inner SGD
     if config.inner_momentum:
-        inner_sgd = optax.sgd(config.step_size, momentum=config.inner_momentum, nesterov=True)
-        keep = config.inner_momentum_buffer == "keep"
-        common.update(inner_optimizer=inner_sgd, keep_inner_state=keep)
-    elif total_steps is not None and config.name != "entropy-adam":  # the default inner SGD
-        _check_inner_sgd_over_run(config, gamma, total_steps)
-        common.update(check_at_update=False)
+        inner = optax.sgd(config.step_size, momentum=config.inner_momentum, nesterov=True)
+        common.update(keep_inner_state=config.inner_momentum_buffer == "keep")
+    elif config.name == "entropy-adam":
+        inner = optax.adam(config.step_size)
+    common.update(inner_optimizer=inner)
+    if total_steps is not None:
+        if inner is None:  # only the plain inner SGD has the bound η′ < 2γ
+            _check_inner_sgd_over_run(config, gamma, total_steps)
+        common.update(check_at_update=False)  # checked above: no host callback in the step
     if config.name == "hj":
         relaxation = hopf_lax(**common)
     elif config.name == "heat":
         del common["alpha"]  # the average is uniform
         relaxation = heat_smoothing(**common, noise=config.noise, seed=seed)
-    elif config.name == "entropy-adam":
-        inner = optax.adam(config.step_size)
-        relaxation = local_entropy(**common, noise=config.noise, inner_optimizer=inner, seed=seed)
     else:
         relaxation = local_entropy(**common, noise=config.noise, seed=seed)
 

@@ -7,10 +7,7 @@ counts of relaxjax's. (ii) A smoke run of the comparison script writes
 Markdown and JSON results.
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -25,20 +22,6 @@ import relaxjax  # noqa: E402
 from relaxjax import models  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    """Imports ``benchmarks/<name>.py`` (benchmarks/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 L, OUTER_STEPS = 4, 3
 HYPER = dict(num_steps=L, step_size=0.1, alpha=0.75, weight_decay=1e-2, noise=0.0)
@@ -80,8 +63,7 @@ def _relaxjax_trajectory(x, y, w0, b0, lr, gamma0, rate):
         return trajectory
 
 
-def _torch_trajectory(x, y, w0, b0, lr, gamma0, rate):
-    EntropySGD = _load("torch_entropy_sgd").EntropySGD
+def _torch_trajectory(EntropySGD, x, y, w0, b0, lr, gamma0, rate):
     w = torch.tensor(w0, requires_grad=True)
     b = torch.tensor(b0, requires_grad=True)
     optimizer = EntropySGD([w, b], lr=lr, gamma=gamma0, scoping=rate, **HYPER)
@@ -101,12 +83,13 @@ def _torch_trajectory(x, y, w0, b0, lr, gamma0, rate):
     return trajectory
 
 
-def test_pytorch_entropy_sgd_takes_relaxjax_steps():
+def test_pytorch_entropy_sgd_takes_relaxjax_steps(load_benchmark):
     x, y, w0, b0 = _problem()
     # Scoping shrinks γ every outer step; momentum, weight decay and averaging all act.
     setting = dict(lr=0.3, gamma0=0.5, rate=0.25)
     expected = _relaxjax_trajectory(x, y, w0, b0, **setting)
-    actual = _torch_trajectory(x, y, w0, b0, **setting)
+    EntropySGD = load_benchmark("torch_entropy_sgd").EntropySGD
+    actual = _torch_trajectory(EntropySGD, x, y, w0, b0, **setting)
     for t, (e, a) in enumerate(zip(expected, actual, strict=True)):
         for name in ("w", "b"):
             assert np.abs(e[name] - (w0 if name == "w" else b0)).max() > 0.05  # it moved
@@ -114,9 +97,9 @@ def test_pytorch_entropy_sgd_takes_relaxjax_steps():
             np.testing.assert_allclose(a[name], e[name], rtol=0, atol=1e-7, err_msg=f"step {t}")
 
 
-def test_pytorch_entropy_sgd_step_noise_scale():
+def test_pytorch_entropy_sgd_step_noise_scale(load_benchmark):
     """With f = 0, γ huge and α = 0, one inner step is pure noise of std ε√(2η′)."""
-    EntropySGD = _load("torch_entropy_sgd").EntropySGD
+    EntropySGD = load_benchmark("torch_entropy_sgd").EntropySGD
     torch.manual_seed(0)
     p = torch.zeros(200_000, dtype=torch.float64, requires_grad=True)
     eps, eta = 0.5, 0.08
@@ -139,8 +122,8 @@ TWINS = ["mnistfc", "lenet", "lenet-pytorch", "mnistfc-dr", "lenet-dr"]
 
 
 @pytest.mark.parametrize("name", TWINS)
-def test_pytorch_networks_match_relaxjax_parameter_counts(name):
-    net = _load("torch_entropy_sgd").get_torch_model(name)
+def test_pytorch_networks_match_relaxjax_parameter_counts(name, load_benchmark):
+    net = load_benchmark("torch_entropy_sgd").get_torch_model(name)
     init = models.get_model(name).init
     params, _ = jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
     relaxjax_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
@@ -193,7 +176,7 @@ def _copy_flax_into_torch(variables, net):
 
 
 @pytest.mark.parametrize("name", TWINS)
-def test_pytorch_twin_computes_the_relaxjax_network(name):
+def test_pytorch_twin_computes_the_relaxjax_network(name, load_benchmark):
     """Same weights, same outputs (evaluation mode): the twins have relaxjax's layers in
     relaxjax's order. Random BatchNorm statistics and scales make a BatchNorm moved across
     a ReLU or a pooling, or a missing one, change the outputs."""
@@ -214,14 +197,14 @@ def test_pytorch_twin_computes_the_relaxjax_network(name):
         },
     }
     expected = np.asarray(module.apply(variables, jnp.asarray(x), train=False))
-    net = _load("torch_entropy_sgd").get_torch_model(name).eval()
+    net = load_benchmark("torch_entropy_sgd").get_torch_model(name).eval()
     _copy_flax_into_torch(variables, net)
     got = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max())
 
 
-def test_compare_pytorch_smoke(tmp_path):
-    compare = _load("compare_pytorch")
+def test_compare_pytorch_smoke(tmp_path, load_benchmark):
+    compare = load_benchmark("compare_pytorch")
     argv = ["--smoke", "--models", "mnistfc", "--unroll", "default", "--torch-threads", "1"]
     argv += ["--batch-size", "16", "--out-dir", str(tmp_path), "--stem", "cmp"]
     assert compare.main(argv) == 0

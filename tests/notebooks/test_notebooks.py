@@ -104,7 +104,6 @@ def test_notebook_is_committed_without_outputs(path):
 def test_notebook_runs_with_small_settings(path, tmp_path, monkeypatch):
     monkeypatch.setenv("RELAXJAX_NB_SMALL", "1")
     monkeypatch.setenv("RELAXJAX_DATA_DIR", str(DATA_DIR))
-    monkeypatch.setenv("RELAXJAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax-cache"))
     # Should relaxjax not be importable in the kernel, install this checkout, never PyPI's.
     monkeypatch.setenv("RELAXJAX_PIP_SPEC", str(REPO))
     monkeypatch.delenv("RELAXJAX_NB_EPOCHS", raising=False)

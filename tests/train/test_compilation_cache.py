@@ -1,10 +1,10 @@
 """Warm starts: ``relaxjax train`` keeps compiled programs in JAX's persistent compilation
 cache by default, in relaxjax's cache directory; an option or a variable turns it off.
 
-Each run is the tiny one of ``test_faults`` (``tiny_command``, with SGD), in this process, with its
-own batch size and after clearing JAX's in-memory caches, so that its programs are
-compiled or read from the disk cache (the in-memory caches would hide whether the disk
-cache is written).
+Each run is the tiny one of ``test_faults`` (``tiny_command``, SGD unless said), in this
+process, with its own batch size and after clearing JAX's in-memory caches, so that its
+programs are compiled or read from the disk cache (the in-memory caches would hide
+whether the disk cache is written).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jax
 import pytest
-from test_faults import tiny_command
+from test_faults import tiny_command, untimed
 
-from relaxjax.train import compilation_cache
+from relaxjax.train import compilation_cache, read_metrics
 
 OPTIONS = (
     "jax_compilation_cache_dir",
@@ -47,8 +47,6 @@ def _train(tmp_path: Path, batch_size: int, *extra: str, optimizer: str = "sgd")
     # Programs compiled before, by this test or another one in this process, are in JAX's
     # in-memory caches, which would hide whether the disk cache is written.
     jax.clear_caches()
-    # SGD: every program of its run is cacheable (the relaxations' outer step holds a host
-    # callback, which JAX never caches).
     argv = ["train", "--optimizer", optimizer, "--epochs", "1", "--batch-size", str(batch_size)]
     argv += [
         "--refresh-batches",
@@ -87,12 +85,7 @@ def test_the_relaxations_step_is_cached_and_read_back(tmp_path, monkeypatch):
     (tmp_path / "run8").rename(tmp_path / "cold")
     _train(tmp_path, 8, *options, optimizer=optimizer)
     assert _entries(folder) == cold
-    from relaxjax.train import read_metrics
-
-    def untimed(run):
-        return [{k: v for k, v in r.items() if "second" not in k} for r in read_metrics(run)]
-
-    assert untimed(tmp_path / "run8") == untimed(tmp_path / "cold")
+    assert untimed(read_metrics(tmp_path / "run8")) == untimed(read_metrics(tmp_path / "cold"))
 
 
 def test_the_cache_is_relocated_by_option_and_by_variable(tmp_path, monkeypatch):
