@@ -121,3 +121,17 @@ def test_authors_code_smoke(tmp_path):
     assert all(r["start_logit_gap"] < 1e-5 for r in runs)
     assert all(r["curve"] and r["reached"] for r in runs)
     assert "| mnistfc (mnistfc) | relaxjax |" in (tmp_path / "authors_code.md").read_text()
+    # --report-only writes the same page again from the JSON, running nothing.
+    page = (tmp_path / "authors_code.md").read_text()
+    (tmp_path / "authors_code.md").unlink()
+    assert authors_code.main(["--report-only", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "authors_code.md").read_text() == page
+
+
+def test_committed_report_is_what_its_measurements_render(tmp_path, load_benchmark):
+    """benchmarks/results/authors_code.md is regenerated from authors_code.json (no
+    PyTorch, no authors' code): the page holds no figure its measurements lack."""
+    results = BENCHMARKS / "results"
+    shutil.copy(results / "authors_code.json", tmp_path / "authors_code.json")
+    assert load_benchmark("authors_code").main(["--report-only", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "authors_code.md").read_text() == (results / "authors_code.md").read_text()

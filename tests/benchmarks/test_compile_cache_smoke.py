@@ -31,3 +31,16 @@ def test_compile_cache_benchmark_smoke(tmp_path, load_benchmark):
     (summary,) = result["summary"]
     assert summary["warm_over_cold_data_to_first_step"] > 0
     assert "| mnistfc |" in (tmp_path / "compile_cache.md").read_text()
+    page = (tmp_path / "compile_cache.md").read_text()
+    (tmp_path / "compile_cache.md").unlink()
+    assert load_benchmark("compile_cache").main(["--report-only", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "compile_cache.md").read_text() == page
+
+
+@pytest.mark.parametrize("name", ["compile_cache", "compile_cache_sgd"])
+def test_committed_reports_are_what_their_measurements_render(tmp_path, load_benchmark, name):
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    (tmp_path / f"{name}.json").write_text((results / f"{name}.json").read_text())
+    argv = ["--report-only", "--out-dir", str(tmp_path), "--name", name]
+    assert load_benchmark("compile_cache").main(argv) == 0
+    assert (tmp_path / f"{name}.md").read_text() == (results / f"{name}.md").read_text()
