@@ -29,6 +29,7 @@ numbers.
 
     python benchmarks/flatness.py --data-dir ../shared/data     # 3 seeds, full budgets
     python benchmarks/flatness.py --data-dir ../shared/data --epochs mnistfc-dr=3 lenet-dr=1
+    python benchmarks/flatness.py --data-dir ../shared/data --inner-steps heat=10  # HEAT's L
     python benchmarks/flatness.py --smoke                        # tiny generated data
     python benchmarks/flatness.py --report-only                  # the report from the runs
 
@@ -184,8 +185,8 @@ def base_config(cell: Cell, args: argparse.Namespace, **overrides: Any) -> Train
         data_dir=args.data_dir,
         epochs=cell.epochs,
     )
-    if args.inner_steps:
-        options["num_steps"] = args.inner_steps
+    if cell.method in args.inner_steps:
+        options["num_steps"] = args.inner_steps[cell.method]
     if args.smoke:
         options.update(eval_batch_size=args.smoke_examples // 2, refresh_batches=2)
     options.update(overrides)
@@ -960,6 +961,20 @@ def report(args, rows: list[dict[str, Any]], planned: int, data_name: str) -> di
     return result
 
 
+def parse_inner_steps(values: Sequence[str], parser) -> dict[str, int]:
+    """``--inner-steps``: ``L`` sets every relaxation's, ``METHOD=L`` one method's."""
+    steps: dict[str, int] = {}
+    for item in values:
+        method, _, value = item.rpartition("=")
+        if not value.isdigit() or int(value) < 1 or (method and method not in RELAXATIONS):
+            parser.error(
+                f"--inner-steps takes L or METHOD=L with METHOD in {list(RELAXATIONS)} and "
+                f"L >= 1, got {item!r}"
+            )
+        steps.update({m: int(value) for m in ([method] if method else RELAXATIONS)})
+    return steps
+
+
 def parse_epochs(values: Sequence[str], parser) -> dict[str, float]:
     epochs = dict(DEFAULT_EPOCHS)
     for item in values:
@@ -986,7 +1001,13 @@ def main(argv: list[str] | None = None) -> int:
         help="budgets in effective epochs [mnistfc-dr=120 lenet-dr=80]",
     )
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--inner-steps", type=int, default=None, help="L for every relaxation")
+    parser.add_argument(
+        "--inner-steps",
+        nargs="*",
+        default=[],
+        metavar="[METHOD=]L",
+        help="L for every relaxation (a number) or for one (e.g. heat=10) [the presets']",
+    )
     parser.add_argument(
         "--diagnostics",
         nargs="*",
@@ -1008,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     epochs = parse_epochs(args.epochs, parser)
+    args.inner_steps = parse_inner_steps(args.inner_steps, parser)
     diag = dict(SMOKE_DIAGNOSTICS if args.smoke else FULL_DIAGNOSTICS)
     for item in args.diagnostics:
         key, _, value = item.partition("=")
@@ -1017,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     args.diagnostics = diag
     if args.smoke:
         args.seeds, args.batch_size = args.seeds[:1], 32
-        args.inner_steps = args.inner_steps or 2
+        args.inner_steps = {m: 2 for m in RELAXATIONS} | args.inner_steps
         epochs = {m: 1.0 for m in epochs}
     args.epochs = {m: epochs[m] for m in args.models}
 

@@ -18,7 +18,7 @@ def test_flatness_benchmark_smoke(tmp_path, load_benchmark):
     from relaxjax.train import disable_compilation_cache
 
     flatness = load_benchmark("flatness")
-    argv = ["--smoke", "--models", "mnistfc-dr"]
+    argv = ["--smoke", "--models", "mnistfc-dr", "--inner-steps", "heat=4"]
     argv += ["--out-dir", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")]
     try:
         assert flatness.main([*argv, "--compilation-cache-dir", str(tmp_path / "jit")]) == 0
@@ -39,7 +39,8 @@ def test_flatness_benchmark_smoke(tmp_path, load_benchmark):
         assert len(r["top_eigenvalues"]) == 2 and r["top_eigenvalues"][0] >= r["top_eigenvalues"][1]
         assert np.isfinite(r["local_entropy_gap"]) and r["seconds_per_effective_epoch"] > 0
     steps = {(r["model"], r["method"]): r["gradients_per_step"] for r in rows}
-    assert steps[("mnistfc-dr", "sam")] == 2 and steps[("mnistfc-dr", "heat")] == 2  # L = 2
+    assert steps[("mnistfc-dr", "sam")] == 2 and steps[("mnistfc-dr", "entropy-sgd")] == 2
+    assert steps[("mnistfc-dr", "heat")] == 4  # --inner-steps heat=4; the smoke's L is 2
     swa = [r for r in rows if r["method"] == "swa"]
     assert all(r["swa_snapshots"] >= 1 and r["iterate_final_test_error"] is not None for r in swa)
     assert len(result["verdicts"]) >= 2 and result["verdicts"][0].startswith("**mnistfc-dr**")
@@ -137,3 +138,10 @@ def test_verdicts_follow_the_numbers(load_benchmark):
     rows = [r for r in rows if r["method"] != "hj"]
     text = "\n".join(flatness.verdicts(rows, flatness.summarise(rows)))
     assert "lowest mean test error: sgd" in text and "relaxations" not in text.lower()
+
+
+@pytest.mark.parametrize("bad", ["sgd=3", "heat=0", "heat=x", "ten"])
+def test_inner_steps_option_names_the_problem(load_benchmark, bad, capsys):
+    with pytest.raises(SystemExit):
+        load_benchmark("flatness").main(["--smoke", "--inner-steps", bad])
+    assert "--inner-steps takes L or METHOD=L" in capsys.readouterr().err
