@@ -27,8 +27,8 @@ Runs go seed by seed (every cell of seed 0, then of seed 1, ...), so a job that
 is stopped leaves a table with every cell it reached; rerunning the command
 continues it. ``--variants`` also (or only) trains named departures from the
 defaults (``VARIANTS``: the Deep Relaxation research code's inner Nesterov
-momentum, HEAT with L = 10); their runs are named ``<model>-<optimizer>-<variant>-s<seed>`` and have
-their own rows.
+momentum, HEAT with L = 10); their runs are named
+``<model>-<optimizer>-<variant>-s<seed>`` and have their own rows.
 
     python benchmarks/paper_table.py --data-dir ../shared/data # full budgets, seeds 0 1 2
     python benchmarks/paper_table.py --optimizers heat --data-dir ../shared/data  # HEAT's cells
@@ -85,7 +85,8 @@ DATASETS = {"allcnn": "cifar10-jpeg"}
 
 
 # Named departures from the `relaxjax train` defaults: (optimizers they apply to, extra
-# `relaxjax train` arguments). "default" is the command's own configuration.
+# `relaxjax train` arguments, what they are, for the table's notes). "default" is the
+# command's own configuration.
 VARIANTS = {
     "default": (("sgd", "entropy-sgd", "hj", "heat"), [], ""),
     # The authors' Deep Relaxation research code (`ESGD` and `HEAT` in its code/optim.py):
@@ -103,8 +104,6 @@ VARIANTS = {
         "Entropy-SGD code, Lua and PyTorch, zeroes the inner momentum at every outer step; "
         "by default the inner steps are plain SGD, as in the papers' algorithm",
     ),
-    # HEAT's cells (70, 100, 150 effective epochs, counted as (epoch + 1)·L by the
-    # authors' plotting script) are all multiples of 10, not of the class's L = 100.
     "L10": (
         ("heat",),
         ["-L", "10"],

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
-
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_compile_cache_benchmark_smoke(tmp_path, load_benchmark):
     """``--smoke``: mnistfc with SGD, whose every program is cacheable."""
     shared = Path(__file__).resolve().parents[3] / "shared" / "data"
