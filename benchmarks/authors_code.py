@@ -33,7 +33,10 @@ Two measurements, for each network:
   L (and one forward pass at x). An effective epoch is N/B gradient evaluations, so
   per effective epoch theirs is (outer step)·N/(B·(L + 1)), relaxjax's
   (outer step)·N/(B·L). The per-outer-step ratio equals the ratio per effective epoch
-  counting only the L gradients that move the weights.
+  counting only the L gradients that move the weights. In the same rounds, L bare
+  mini-batch gradients of each per outer step: their ``feval`` closure called alone, and
+  relaxjax's plain jitted SGD step; relaxjax's bare gradient over their Entropy-SGD time
+  per gradient is the lowest ratio per effective epoch reachable with that gradient.
 * **time to a test error** (mnistfc 1.5 %, LeNet 0.8 %): each implementation trains
   from the same start, the implementations in turn (order alternating between
   repeats), and is evaluated every ``--eval-every`` effective epochs: BatchNorm
@@ -432,24 +435,28 @@ class RelaxjaxStep:
         return self.compile_s
 
 
+def initial_state(tx: optax.GradientTransformation, variables: tuple, seed: int) -> Any:
+    """A training state at ``variables``, copied: the step donates its state, and the
+    variables stay the shared start."""
+    params, model_state = jax.tree.map(jnp.copy, variables)
+    return train_lib.TrainState(
+        jnp.zeros([], jnp.int32),
+        params,
+        model_state,
+        tx.init(params),
+        jax.random.PRNGKey(seed),
+        jnp.zeros([2], jnp.float32),
+    )
+
+
 class RelaxjaxTrainer:
     """relaxjax's step on its epoch permutations, and the evaluation protocol."""
 
     impl = "relaxjax"
 
     def __init__(self, shared: RelaxjaxStep, variables: tuple[Any, Any], seed: int, data: Any):
-        # Copies: the step donates its state, and the variables stay the shared start.
-        params, model_state = jax.tree.map(jnp.copy, variables)
-        tx = relaxjax_optimizer(shared.h, seed=seed)
         self.shared, self.seed, self.data = shared, seed, data
-        self.state = train_lib.TrainState(
-            jnp.zeros([], jnp.int32),
-            params,
-            model_state,
-            tx.init(params),
-            jax.random.PRNGKey(seed),
-            jnp.zeros([2], jnp.float32),
-        )
+        self.state = initial_state(relaxjax_optimizer(shared.h, seed=seed), variables, seed)
         self.grads_per_step = shared.h.num_steps
         self.num_train = len(data["train_labels"])
         self.steps_per_epoch = self.num_train // (shared.batch_size * shared.h.num_steps)
@@ -475,6 +482,48 @@ class RelaxjaxTrainer:
             s.params, s.model_state, self.data["train_images"], self.seed, self.steps
         )
         return shared.evaluate(s.params, model_state, images, labels)[1]
+
+
+class TheirGradients:
+    """Their bare mini-batch gradient: the ``feval`` closure their loop hands to ``step``
+    (next batch of their loader, ``zero_grad``, forward, loss, ``backward``), called alone.
+    """
+
+    impl = "authors"
+
+    def __init__(self, namespace: dict[str, Any], per_round: int):
+        self.ns, self.per_round = namespace, per_round
+        self.feval = their_helper(namespace)()
+
+    def run(self, n: int) -> None:
+        self.ns["model"].train()
+        for _ in range(n * self.per_round):
+            self.feval()
+
+
+class RelaxjaxGradients:
+    """relaxjax's plain SGD step (one mini-batch gradient and its update, jitted, the
+    batch gathered from the epoch permutation on the device) on the same network."""
+
+    impl = "relaxjax"
+
+    def __init__(self, shared: RelaxjaxStep, variables: tuple[Any, Any], seed: int, data: Any):
+        h = shared.h
+        tx = optax.sgd(h.lr, momentum=h.momentum or None, nesterov=bool(h.momentum))
+        self.step = train_lib.make_train_step(shared.model, tx, 1, shared.batch_size)
+        self.state = initial_state(tx, variables, seed)
+        self.data, self.per_round = data, h.num_steps
+        n = len(data["train_labels"])
+        self.perm = jnp.asarray(data_lib.epoch_permutation(seed, 0, n))
+        self.batches, self.steps = n // shared.batch_size, 0
+
+    def run(self, n: int) -> None:
+        state, d = self.state, self.data
+        for _ in range(n * self.per_round):
+            s = self.steps % self.batches
+            state, _ = self.step(state, d["train_images"], d["train_labels"], self.perm, s)
+            self.steps += 1
+        self.state = jax.block_until_ready(state)
 
 
 # --------------------------------------------------------------------------- data
@@ -578,12 +627,21 @@ def time_steps(args: argparse.Namespace, setup: Setup, ours: dict) -> dict[str, 
     theirs.run(1)  # their first step builds their state
     check_their_state(setup.namespace)
     mine.run(1)
+    # The bare gradients, L per outer step, in the same rounds: what a step of L gradients
+    # costs without Entropy-SGD's own work (theirs after their step built its state, so the
+    # two share their model; its weights are not changed by a bare gradient).
+    bare = [TheirGradients(setup.namespace, setup.hyper.num_steps)]
+    bare.append(RelaxjaxGradients(setup.shared, setup.variables, args.seed, ours))
+    for b in bare:
+        b.run(1)  # relaxjax's SGD step compiles here
     times: dict[str, list[float]] = {"authors": [], "relaxjax": []}
+    bare_times: dict[str, list[float]] = {"authors": [], "relaxjax": []}
     for r in range(args.rounds):
-        for trainer in (theirs, mine) if r % 2 == 0 else (mine, theirs):
+        pairs = [(t, times) for t in (theirs, mine)] + [(b, bare_times) for b in bare]
+        for trainer, into in pairs if r % 2 == 0 else pairs[::-1]:
             start = time.perf_counter()
             trainer.run(args.steps)
-            times[trainer.impl].append((time.perf_counter() - start) / args.steps)
+            into[trainer.impl].append((time.perf_counter() - start) / args.steps)
         print(f"  [{setup.model}] round {r + 1}/{args.rounds}", flush=True)
     rows = {}
     per_epoch = args.epoch_size / args.batch_size  # gradient evaluations per effective epoch
@@ -601,6 +659,15 @@ def time_steps(args: argparse.Namespace, setup: Setup, ours: dict) -> dict[str, 
             "effective_epoch_s_L_gradients": step_s * per_epoch / setup.hyper.num_steps,
         }
     a, r_ = rows["authors"], rows["relaxjax"]
+    gradients = {}
+    for impl, ts in bare_times.items():
+        per_gradient = [1e3 * t / setup.hyper.num_steps for t in ts]
+        gradients[impl] = {
+            "ms_median": statistics.median(per_gradient),
+            "ms_min": min(per_gradient),
+            "ms_max": max(per_gradient),
+            "ms_per_round": per_gradient,
+        }
     return {
         "model": setup.model,
         "their_model": THEIR_MODEL[setup.model],
@@ -608,6 +675,11 @@ def time_steps(args: argparse.Namespace, setup: Setup, ours: dict) -> dict[str, 
         "ratio_per_outer_step": r_["outer_step_ms_median"] / a["outer_step_ms_median"],
         "ratio_per_effective_epoch": r_["effective_epoch_s"] / a["effective_epoch_s"],
         "relaxjax_compile_s": setup.shared.compile_s,
+        "gradients": gradients,
+        # A relaxation step that cost no more than its L gradients, against theirs per
+        # effective epoch: the lowest ratio reachable without a faster gradient.
+        "ratio_bound_per_effective_epoch": gradients["relaxjax"]["ms_median"]
+        / a["ms_per_gradient"],
     }
 
 
@@ -855,6 +927,43 @@ DIFFERENCES = [
 ]
 
 
+def gradient_lines(timing: list[dict], s: dict[str, Any]) -> list[str]:
+    """The bare-gradient table and the bound it sets (runs that measured it)."""
+    measured = [m for m in timing if "gradients" in m]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "## What one gradient costs",
+        "",
+        f"In the same rounds, {s['steps']} x L bare mini-batch gradients of each: theirs, "
+        "the `feval` closure their loop hands to `EntropySGD.step` (their loader's next "
+        "batch, `zero_grad`, forward, loss, `backward`) called alone; relaxjax's, its plain "
+        "SGD training step (`make_train_step` with `optax.sgd`, the same outer rate and "
+        "momentum: the gradient and its update, jitted, the batch gathered on the "
+        "device). A relaxation step evaluates L such gradients and does more, so relaxjax's "
+        "bare gradient over their Entropy-SGD time per gradient is the lowest ratio per "
+        "effective epoch that relaxjax could reach with its present gradient.",
+        "",
+        "| network | their bare gradient ms (min-max) | their Entropy-SGD ms / gradient | "
+        "relaxjax SGD step ms (min-max) | relaxjax Entropy-SGD ms / gradient | "
+        "relaxjax / their bare gradient | lowest reachable ratio per effective epoch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in measured:
+        g, rows = m["gradients"], m["rows"]
+        a, r = g["authors"], g["relaxjax"]
+        lines.append(
+            f"| {m['model']} | {a['ms_median']:.2f} ({a['ms_min']:.2f}-{a['ms_max']:.2f}) "
+            f"| {rows['authors']['ms_per_gradient']:.2f} "
+            f"| {r['ms_median']:.2f} ({r['ms_min']:.2f}-{r['ms_max']:.2f}) "
+            f"| {rows['relaxjax']['ms_per_gradient']:.2f} "
+            f"| {r['ms_median'] / a['ms_median']:.2f} "
+            f"| {m['ratio_bound_per_effective_epoch']:.2f} |"
+        )
+    return lines
+
+
 def summary(timing: list[dict], targets: list[dict], settings: dict[str, Any]) -> str:
     """One paragraph: the ratios against the issue's target, and what was not reached."""
     parts = []
@@ -865,6 +974,13 @@ def summary(timing: list[dict], targets: list[dict], settings: dict[str, Any]) -
             f"({m['ratio_per_outer_step']:.2f}x per outer step), target <= {TARGET_RATIO} "
             f"{_verdict(ratio)}."
         )
+        if "gradients" in m:
+            bound = m["ratio_bound_per_effective_epoch"]
+            parts.append(
+                f"Its bare gradient alone costs {bound:.2f}x their Entropy-SGD time per "
+                "gradient, the lowest ratio reachable without a faster gradient"
+                + (": 0.5x is out of reach with it." if bound > TARGET_RATIO else ".")
+            )
     for row in targets:
         model, target = row["model"], _pct(settings["target_error"][row["model"]])
         cap = settings["max_epochs"][model]
@@ -968,6 +1084,7 @@ def markdown(
             f"| {m['model']} | {m['ratio_per_effective_epoch']:.2f} "
             f"| {m['ratio_per_outer_step']:.2f} | {_verdict(m['ratio_per_effective_epoch'])} |"
         )
+    lines += gradient_lines(timing, s)
     lines += [
         "",
         "## Time to a test error",

@@ -9,8 +9,10 @@ processes of: the baseline gradient, the noisy and noise-free relaxation
 ratios, the noisy step's time and compile time, and the Langevin draw per
 inner step. Settings: the vector width XLA compiles elementwise loops for
 (``--xla_cpu_prefer_vector_width``, 256 or 512 bits) and LLVM's loop
-interleaving (``-force-vector-interleave=8``, which relaxjax does not set);
-``relaxjax.cpu.xla_flags`` chooses its defaults from these figures.
+interleaving (``-force-vector-interleave=8``, which relaxjax does not set); and the
+kernel libraries XLA:CPU can hand dots and convolutions to (XNNPACK, oneDNN), which
+relaxjax does not turn on; ``relaxjax.cpu.xla_flags`` chooses its defaults from these
+figures.
 
     python benchmarks/xla_cpu_flags.py                    # mnistfc, 3 rounds of processes
     python benchmarks/xla_cpu_flags.py --models mnistfc lenet --pairs 2
@@ -64,6 +66,10 @@ SETTINGS = {
     "w256-i8": ("256-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=256 {_INTERLEAVE}8"),
     "w512-i4": ("512-bit vectors, interleave 4", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE}4"),
     "w512-i8": ("512-bit vectors, interleave 8", f"{VECTOR_WIDTH_FLAG}=512 {_INTERLEAVE}8"),
+    # The kernel libraries XLA:CPU can call for dots and convolutions instead of its own.
+    "xnnpack": ("XNNPACK kernels", "--xla_cpu_use_xnnpack=true"),
+    "xnn-dot": ("dots fused into XNNPACK calls", "--xla_cpu_experimental_xnn_fusion_type=dot"),
+    "onednn": ("oneDNN kernels", "--xla_cpu_use_onednn=true"),
 }
 # The labels of inner_loop.py's rows this script reads.
 DEFAULT = "default (rolled scan, canonical convs, hash noise)"

@@ -107,6 +107,11 @@ def test_authors_code_smoke(tmp_path):
     assert rows["authors"]["gradients_per_outer_step"] == 3
     assert rows["relaxjax"]["gradients_per_outer_step"] == 2
     assert all(r["outer_step_ms_median"] > 0 for r in rows.values())
+    # The bare gradients, timed in the same rounds, and the bound they set.
+    bare = timing["gradients"]
+    assert set(bare) == {"authors", "relaxjax"} and all(g["ms_median"] > 0 for g in bare.values())
+    bound = bare["relaxjax"]["ms_median"] / rows["authors"]["ms_per_gradient"]
+    assert timing["ratio_bound_per_effective_epoch"] == pytest.approx(bound)
     # Their defaults, read from their run; the coupling their code really uses.
     used = results["settings_used"]
     assert (used["lr"], used["gamma"], used["scoping"], used["inner_momentum"]) == (
@@ -120,18 +125,21 @@ def test_authors_code_smoke(tmp_path):
     # The same network from the same weights: the same logits at the start.
     assert all(r["start_logit_gap"] < 1e-5 for r in runs)
     assert all(r["curve"] and r["reached"] for r in runs)
-    assert "| mnistfc (mnistfc) | relaxjax |" in (tmp_path / "authors_code.md").read_text()
-    # --report-only writes the same page again from the JSON, running nothing.
     page = (tmp_path / "authors_code.md").read_text()
+    assert "| mnistfc (mnistfc) | relaxjax |" in page
+    assert "## What one gradient costs" in page and "the lowest ratio reachable" in page
+    # --report-only writes the same page again from the JSON, running nothing.
     (tmp_path / "authors_code.md").unlink()
     assert authors_code.main(["--report-only", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "authors_code.md").read_text() == page
 
 
-def test_committed_report_is_what_its_measurements_render(tmp_path, load_benchmark):
-    """benchmarks/results/authors_code.md is regenerated from authors_code.json (no
-    PyTorch, no authors' code): the page holds no figure its measurements lack."""
+@pytest.mark.parametrize("stem", ["authors_code", "authors_code_gradients"])
+def test_committed_report_is_what_its_measurements_render(tmp_path, load_benchmark, stem):
+    """benchmarks/results/<stem>.md is regenerated from <stem>.json (no PyTorch, no
+    authors' code): the page holds no figure its measurements lack."""
     results = BENCHMARKS / "results"
-    shutil.copy(results / "authors_code.json", tmp_path / "authors_code.json")
-    assert load_benchmark("authors_code").main(["--report-only", "--out-dir", str(tmp_path)]) == 0
-    assert (tmp_path / "authors_code.md").read_text() == (results / "authors_code.md").read_text()
+    shutil.copy(results / f"{stem}.json", tmp_path / f"{stem}.json")
+    argv = ["--report-only", "--out-dir", str(tmp_path), "--stem", stem]
+    assert load_benchmark("authors_code").main(argv) == 0
+    assert (tmp_path / f"{stem}.md").read_text() == (results / f"{stem}.md").read_text()
