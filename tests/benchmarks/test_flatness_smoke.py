@@ -1,6 +1,7 @@
 """A tiny run of benchmarks/flatness.py, and its pieces that are not ``relaxjax train``'s."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -145,3 +146,22 @@ def test_inner_steps_option_names_the_problem(load_benchmark, bad, capsys):
     with pytest.raises(SystemExit):
         load_benchmark("flatness").main(["--smoke", "--inner-steps", bad])
     assert "--inner-steps takes L or METHOD=L" in capsys.readouterr().err
+
+
+def test_readme_flatness_table_is_the_committed_measurement():
+    """Every cell of the README's flatness table is the committed JSON's mean ± std."""
+    root = Path(__file__).resolve().parents[2]
+    summary = json.loads((root / "benchmarks/results/flatness.json").read_text())["summary"]
+    cells = {
+        (row["model"], row["method"]): "{:.2f} ± {:.2f}".format(*row["final_test_error"])
+        for row in summary
+    }
+    readme = (root / "README.md").read_text()
+    section = readme.split("### Flatness at equal gradient evaluations", 1)[1].split("\n## ", 1)[0]
+    methods = ["sgd", "entropy-sgd", "hj", "heat", "sam", "swa"]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert [line.split("`")[1] for line in rows] == ["mnistfc-dr", "lenet-dr"]
+    for line in rows:
+        model = line.split("`")[1]
+        shown = [cell.strip() for cell in line.strip("|").split("|")[1:]]
+        assert shown == [cells[(model, method)] for method in methods], model
