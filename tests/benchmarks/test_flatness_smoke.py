@@ -16,15 +16,10 @@ def test_flatness_benchmark_smoke(tmp_path, load_benchmark):
     """``--smoke``: generated data, all six methods, tiny diagnostics, on ``mnistfc-dr``
     (each method on each network is its own compilation: ``lenet-dr`` would double the
     test's time and adds no code path of the benchmark; tests/models tests the network)."""
-    from relaxjax.train import disable_compilation_cache
-
     flatness = load_benchmark("flatness")
     argv = ["--smoke", "--models", "mnistfc-dr", "--inner-steps", "heat=4"]
     argv += ["--out-dir", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")]
-    try:
-        assert flatness.main([*argv, "--compilation-cache-dir", str(tmp_path / "jit")]) == 0
-    finally:
-        disable_compilation_cache()
+    assert flatness.main([*argv, "--compilation-cache-dir", str(tmp_path / "jit")]) == 0
     result = json.loads((tmp_path / "out" / "flatness.json").read_text())
     assert result["command"].startswith("python benchmarks/flatness.py --smoke")
     assert result["versions"].startswith("jax ") and result["machine"] and result["date"]

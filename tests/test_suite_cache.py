@@ -1,0 +1,56 @@
+"""The suite's own compilation cache (``tests/conftest.py``): on in this process and in
+child Pythons, in a folder of this session, never the user's cache directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from conftest import SUITE_CACHE
+
+pytestmark = pytest.mark.skipif(not SUITE_CACHE, reason="RELAXJAX_TEST_COMPILATION_CACHE=0")
+
+
+def _entries(folder):
+    return {p.name for p in folder.iterdir() if p.name.endswith("-cache")}
+
+
+def test_a_program_compiled_here_is_written_to_the_session_folder(suite_compilation_cache):
+    assert jax.config.jax_compilation_cache_dir == str(suite_compilation_cache)
+    before = _entries(suite_compilation_cache)
+    jax.jit(lambda x: jnp.cos(x) * 7.25 - x)(jnp.arange(11.0)).block_until_ready()
+    assert _entries(suite_compilation_cache) - before
+
+
+@pytest.mark.subprocess
+def test_a_child_python_reads_and_writes_the_session_folder(
+    suite_compilation_cache, cpu_subprocess_env
+):
+    """The child finds the folder through JAX's own variables and reads back what this
+    process compiled: its compilation of the same program is a cache hit."""
+    program = "lambda x: jnp.tanh(x) * 3.5 + x"  # the child compiles this same text
+    jax.jit(lambda x: jnp.tanh(x) * 3.5 + x)(jnp.arange(13.0)).block_until_ready()
+    script = f"""
+import jax, jax.numpy as jnp
+from jax import monitoring
+hits = []
+monitoring.register_event_listener(
+    lambda event, **_: hits.append(event) if event.endswith("cache_hits") else None)
+jax.jit({program})(jnp.arange(13.0)).block_until_ready()
+print(jax.config.jax_compilation_cache_dir, len(hits))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=cpu_subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    folder, hits = done.stdout.split()
+    assert folder == str(suite_compilation_cache)
+    assert int(hits) >= 1
