@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,6 +133,25 @@ def cpu_subprocess_env() -> dict[str, str]:
     flags = os.environ["XLA_FLAGS"].split()
     kept = [f for prefix in INHERITED_FLAGS for f in flags if f.startswith(f"{prefix}=")]
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(kept))
+
+
+@pytest.fixture
+def run_python(cpu_subprocess_env):
+    """``run_python(script, *args, timeout=300, env=None, **kwargs)``: ``python -c script
+    args`` on JAX's CPU backend (``env`` defaults to :func:`cpu_subprocess_env`), its
+    output captured as text; the :class:`subprocess.CompletedProcess`."""
+
+    def run(script: str, *args, timeout: float = 300, env=None, **kwargs):
+        return subprocess.run(
+            [sys.executable, "-c", script, *map(str, args)],
+            env=cpu_subprocess_env if env is None else env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    return run
 
 
 @pytest.fixture

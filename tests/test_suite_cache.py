@@ -3,9 +3,6 @@ child Pythons, in a folder of this session, never the user's cache directory."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -27,9 +24,7 @@ def test_a_program_compiled_here_is_written_to_the_session_folder(suite_compilat
 
 
 @pytest.mark.subprocess
-def test_a_child_python_reads_and_writes_the_session_folder(
-    suite_compilation_cache, cpu_subprocess_env
-):
+def test_a_child_python_reads_and_writes_the_session_folder(suite_compilation_cache, run_python):
     """The child finds the folder through JAX's own variables and reads back what this
     process compiled: its compilation of the same program is a cache hit."""
     program = "lambda x: jnp.tanh(x) * 3.5 + x"  # the child compiles this same text
@@ -43,13 +38,7 @@ monitoring.register_event_listener(
 jax.jit({program})(jnp.arange(13.0)).block_until_ready()
 print(jax.config.jax_compilation_cache_dir, len(hits))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=cpu_subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(script, timeout=120)
     assert done.returncode == 0, done.stderr
     folder, hits = done.stdout.split()
     assert folder == str(suite_compilation_cache)

@@ -1,8 +1,5 @@
 """``relaxjax.adapters`` loads each Flax API only when it is used (a fresh interpreter)."""
 
-import subprocess
-import sys
-
 import pytest
 
 _SCRIPT = """
@@ -19,12 +16,6 @@ print("IMPORTS-OK")
 
 
 @pytest.mark.subprocess
-def test_the_linen_adapter_loads_no_nnx_and_the_package_no_flax(cpu_subprocess_env):
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        capture_output=True,
-        text=True,
-        env=cpu_subprocess_env,
-        timeout=120,
-    )
+def test_the_linen_adapter_loads_no_nnx_and_the_package_no_flax(run_python):
+    result = run_python(_SCRIPT, timeout=120)
     assert "IMPORTS-OK" in result.stdout, result.stderr[-3000:]

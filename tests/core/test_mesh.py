@@ -6,8 +6,6 @@ replicated. Every transform with sharded batches is checked by the Optax contrac
 (``tests/core/test_optax_contract.py``).
 """
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -63,12 +61,6 @@ _SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_training_with_sharded_batches_matches_single_device(tmp_path, cpu_subprocess_env):
-    result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=cpu_subprocess_env,
-        timeout=300,
-    )
+def test_training_with_sharded_batches_matches_single_device(tmp_path, run_python):
+    result = run_python(_SCRIPT, tmp_path)
     assert "DATA-PARALLEL-OK" in result.stdout, result.stderr[-4000:]

@@ -380,20 +380,12 @@ for name in contract.TRANSFORMS:
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_batches_sharded_over_devices_give_the_single_device_update(cpu_subprocess_env):
+def test_batches_sharded_over_devices_give_the_single_device_update(run_python):
     """Every entry, with each mini-batch split over 4 simulated devices (a subprocess: the
     device count is fixed when JAX starts) and the parameters replicated, takes the
     steps it takes on one device."""
-    import subprocess
-    import sys
     from pathlib import Path
 
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT, str(Path(__file__).parent)],
-        capture_output=True,
-        text=True,
-        env=cpu_subprocess_env,
-        timeout=600,
-    )
+    result = run_python(_SHARDED_SCRIPT, Path(__file__).parent, timeout=600)
     done = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("SHARDED")]
     assert done == list(TRANSFORMS), result.stderr[-4000:]

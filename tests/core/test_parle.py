@@ -198,15 +198,8 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_sharded_parle_matches_vmapped_and_single_device(tmp_path, cpu_subprocess_env):
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT, __file__, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=cpu_subprocess_env,
-        timeout=300,
-        cwd=ROOT,
-    )
+def test_sharded_parle_matches_vmapped_and_single_device(tmp_path, run_python):
+    result = run_python(_SHARDED_SCRIPT, __file__, tmp_path, cwd=ROOT)
     assert "PARLE-SHARDED-OK" in result.stdout, result.stderr[-4000:]
 
 

@@ -11,8 +11,6 @@ The documented pattern (README, "Models with BatchNorm and dropout"):
     a fresh mask per inner mini-batch.
 """
 
-import subprocess
-import sys
 import textwrap
 
 import flax.linen as nn
@@ -183,12 +181,6 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.subprocess
-def test_sharded_batches_match_single_device(cpu_subprocess_env):
-    result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=cpu_subprocess_env,
-        timeout=300,
-    )
+def test_sharded_batches_match_single_device(run_python):
+    result = run_python(_SHARDED_SCRIPT)
     assert "SHARDED-OK" in result.stdout, result.stderr[-3000:]

@@ -101,8 +101,6 @@ def test_the_tests_optimization_level_computes_what_the_default_level_does(
     """The suite compiles at LLVM level 1 (tests/conftest.py), or at the level set in
     XLA_FLAGS; a LeNet gradient, where level 0 went wrong, is the same at that level as at
     XLA:CPU's default level 2."""
-    import subprocess
-    import sys
 
     import numpy as np
 
@@ -157,12 +155,10 @@ print(early, len(before), xla_flags.backend_started(), len(added), [str(w.messag
 
 
 @pytest.mark.subprocess
-def test_settings_applied_after_the_backend_started_warn(cpu_subprocess_env):
+def test_settings_applied_after_the_backend_started_warn(cpu_subprocess_env, run_python):
     """Before the backend starts: no warning; after: a RuntimeWarning naming the flags."""
     env = {k: v for k, v in cpu_subprocess_env.items() if k != "XLA_FLAGS"}
-    result = subprocess.run(
-        [sys.executable, "-c", _LATE], env=env, capture_output=True, text=True, timeout=120
-    )
+    result = run_python(_LATE, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     early, before, started, added, messages = result.stdout.strip().split(" ", 4)
     assert (early, before, started) == ("False", "0", "True")
