@@ -34,6 +34,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("pytorch_comparison_gpu", "Against an eager PyTorch Entropy-SGD, on a GPU"),
     ("authors_code", "Against the authors' own Entropy-SGD code (ucla-vision/entropy-sgd)"),
     ("authors_code_gradients", "Against the authors' code: what one bare gradient costs"),
+    ("authors_code_avx512", "Against the authors' code on a CPU with AVX-512"),
     ("input_pipeline", "Input pipeline's share of a step"),
     ("paper_table", "The paper's table (MNIST; CIFAR-10 from a GPU)"),
     ("parle", "Parle and data parallel"),

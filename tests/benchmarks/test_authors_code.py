@@ -134,7 +134,7 @@ def test_authors_code_smoke(tmp_path):
     assert (tmp_path / "authors_code.md").read_text() == page
 
 
-@pytest.mark.parametrize("stem", ["authors_code", "authors_code_gradients"])
+@pytest.mark.parametrize("stem", ["authors_code", "authors_code_gradients", "authors_code_avx512"])
 def test_committed_report_is_what_its_measurements_render(tmp_path, load_benchmark, stem):
     """benchmarks/results/<stem>.md is regenerated from <stem>.json (no PyTorch, no
     authors' code): the page holds no figure its measurements lack."""
