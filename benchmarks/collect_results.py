@@ -24,6 +24,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("inner_loop_xla_cpu_flags", "Inner loop under XLA:CPU's flag settings"),
     ("inner_loop_xla_cpu_interleave", "Inner loop with LLVM loop interleaving (not set)"),
     ("inner_loop_xla_cpu_kernels", "Inner loop with XLA:CPU's kernel libraries (not set)"),
+    ("inner_loop_huge_pages", "Inner loop and jitted SGD steps with malloc on huge pages"),
     ("inner_loop_vector_width_in_process", "Vector width, both compiled in one process"),
     ("gpu_benchmarks", "The GPU benchmarks: the GPU, what ran (benchmarks/gpu_benchmarks.py)"),
     ("inner_loop_gpu", "Inner-loop efficiency on a GPU"),

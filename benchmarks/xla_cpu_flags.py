@@ -46,6 +46,7 @@ from inner_loop import (  # noqa: E402
     BASELINE,
     CANDIDATES,
     NOISE_WORK,
+    SCAN_BASELINE,
     _problem,
     _relaxation_step,
     interleaved_medians,
@@ -59,7 +60,9 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_STEM = "inner_loop_xla_cpu_flags"
 # LLVM's loop interleaving (independent vectors per loop iteration), passed through XLA.
 _INTERLEAVE = "--xla_backend_extra_options=-force-vector-interleave="
-# name -> (description, XLA_FLAGS beyond the sequential scheduler every setting uses)
+# name -> (description, XLA_FLAGS beyond the sequential scheduler every setting uses[,
+# environment variables of the process: glibc's malloc settings])
+_HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 SETTINGS = {
     "w256": ("256-bit vectors (XLA's default)", f"{VECTOR_WIDTH_FLAG}=256"),
     "w512": ("512-bit vectors", f"{VECTOR_WIDTH_FLAG}=512"),
@@ -70,7 +73,27 @@ SETTINGS = {
     "xnnpack": ("XNNPACK kernels", "--xla_cpu_use_xnnpack=true"),
     "xnn-dot": ("dots fused into XNNPACK calls", "--xla_cpu_experimental_xnn_fusion_type=dot"),
     "onednn": ("oneDNN kernels", "--xla_cpu_use_onednn=true"),
+    # glibc's malloc on transparent huge pages (madvise): XLA:CPU allocates an execution's
+    # buffers anew at every call, and a large one is mapped fresh, so a separately jitted
+    # step pays its page faults at every call, a step inside a loop once per loop.
+    "w256-hugetlb": (
+        "256-bit vectors, malloc on huge pages",
+        f"{VECTOR_WIDTH_FLAG}=256",
+        _HUGE_PAGES,
+    ),
+    "w512-hugetlb": (
+        "512-bit vectors, malloc on huge pages",
+        f"{VECTOR_WIDTH_FLAG}=512",
+        _HUGE_PAGES,
+    ),
 }
+
+
+def setting_environment(setting: str) -> dict[str, str]:
+    """The environment variables ``setting`` gives its processes (none for most)."""
+    return dict(SETTINGS[setting][2]) if len(SETTINGS[setting]) > 2 else {}
+
+
 # The labels of inner_loop.py's rows this script reads.
 DEFAULT = "default (rolled scan, canonical convs, hash noise)"
 NOISE_FREE = "no noise (Hopf-Lax cost)"
@@ -82,6 +105,7 @@ def run_once(setting: str, models: list[str], rounds: int, smoke: bool, out_dir:
     """One fresh ``inner_loop.py`` process under ``setting``'s flags; its JSON results."""
     # The whole of XLA_FLAGS is replaced: the parent's own flags must not leak in.
     env = dict(os.environ, XLA_FLAGS=f"{SCHEDULER_FLAG}=false {SETTINGS[setting][1]}")
+    env.update(setting_environment(setting))
     command = [sys.executable, str(HERE / "inner_loop.py"), "--no-scaling"]
     command += ["--smoke"] if smoke else ["--models", *models, "--rounds", str(rounds)]
     command += ["--candidates", "default", "no noise", "--noise-work", DRAW]
@@ -105,6 +129,7 @@ def _median(results: list[dict], model: str, section: str, key: str, label: str,
 # figure -> (section of inner_loop.py's results, row key, row label, value)
 FIGURES = {
     "baseline_ms_per_gradient": ("timing", "candidate", BASELINE, "ms_per_gradient"),
+    "scan_sgd_ms_per_gradient": ("timing", "candidate", SCAN_BASELINE, "ms_per_gradient"),
     "noisy_ms_per_gradient": ("timing", "candidate", DEFAULT, "ms_per_gradient"),
     "noisy_ratio": ("timing", "candidate", DEFAULT, "ratio_to_baseline"),
     "noisy_compile_seconds": ("timing", "candidate", DEFAULT, "compile_seconds"),
@@ -122,6 +147,7 @@ def summarize(runs: dict[str, list[dict]]) -> list[dict]:
             "model": model,
             "setting": setting,
             "flags": SETTINGS[setting][1],
+            "environment": setting_environment(setting),
             "processes": len(results),
             **{name: _median(results, model, *spec) for name, spec in FIGURES.items()},
         }
@@ -165,17 +191,22 @@ def write_results(
         "",
         "Medians over the processes. 'noisy' is the default Entropy-SGD step, 'noise-free' "
         "the same loop without the Langevin draw (Hopf-Lax), both as ratios to L jitted "
-        "plain SGD steps in the same process (which run under the same flags); 'draw' is the "
-        "hash noise alone per inner step; 'compile' that of the noisy outer step.",
+        "plain SGD steps in the same process (which run under the same flags); 'SGD in a "
+        "scan' the same L SGD steps inside one `lax.scan`; 'draw' is the hash noise alone "
+        "per inner step; 'compile' that of the noisy outer step. 'environment': variables "
+        "the setting gives its processes beside XLA_FLAGS.",
         "",
-        "| model | setting | flags | baseline ms / gradient | noisy ms / gradient "
+        "| model | setting | flags | environment | baseline ms / gradient "
+        "| SGD in a scan ms / gradient | noisy ms / gradient "
         "| noisy ratio | noise-free ratio | draw ms / inner step | compile (s) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
+        environment_text = " ".join(f"`{k}={v}`" for k, v in row["environment"].items())
         lines.append(
             f"| {row['model']} | {SETTINGS[row['setting']][0]} | `{row['flags']}` "
-            f"| {row['baseline_ms_per_gradient']:.1f} "
+            f"| {environment_text or '-'} | {row['baseline_ms_per_gradient']:.1f} "
+            f"| {row['scan_sgd_ms_per_gradient']:.1f} "
             f"| {row['noisy_ms_per_gradient']:.1f} | {row['noisy_ratio']:.2f} "
             f"| {row['noise_free_ratio']:.2f} | {row['draw_ms_per_inner_step']:.2f} "
             f"| {row['noisy_compile_seconds']:.1f} |"

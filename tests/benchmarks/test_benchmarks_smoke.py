@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -205,19 +206,50 @@ def test_input_pipeline_benchmark_smoke(tmp_path, load_benchmark):
 
 
 def test_xla_cpu_flags_benchmark_smoke(tmp_path, load_benchmark):
-    # One setting (one fresh process, ~25 s alone) whose flag is not XLA's default. The
-    # interleaving settings pass LLVM options too, but double the compile time.
-    arguments = ["--smoke", "--settings", "w512", "--out-dir", str(tmp_path)]
+    # One setting (one fresh process, ~25 s alone) whose flag is not XLA's default, and
+    # with an environment variable for its process. The interleaving settings pass LLVM
+    # options too, but double the compile time.
+    arguments = ["--smoke", "--settings", "w512-hugetlb", "--out-dir", str(tmp_path)]
     assert load_benchmark("xla_cpu_flags").main(arguments) == 0
     results = json.loads((tmp_path / "inner_loop_xla_cpu_flags.json").read_text())
-    assert [(row["model"], row["setting"]) for row in results["rows"]] == [("mnistfc", "w512")]
-    assert "--xla_cpu_prefer_vector_width=512" in results["rows"][0]["flags"]
-    (process,) = results["processes"]["w512"]  # one child process, timing one draw
+    rows = results["rows"]
+    assert [(row["model"], row["setting"]) for row in rows] == [("mnistfc", "w512-hugetlb")]
+    assert "--xla_cpu_prefer_vector_width=512" in rows[0]["flags"]
+    assert rows[0]["environment"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    (process,) = results["processes"]["w512-hugetlb"]  # one child process, timing one draw
     assert all(
-        row["draw_ms_per_inner_step"] > 0 and row["noisy_ratio"] > 0 for row in results["rows"]
+        row["draw_ms_per_inner_step"] > 0
+        and row["noisy_ratio"] > 0
+        and row["scan_sgd_ms_per_gradient"] > 0
+        for row in rows
     )
     assert [row["work"] for row in process["noise"]] == ["hash noise (default)"]
-    assert "| mnistfc | 512-bit vectors |" in (tmp_path / "inner_loop_xla_cpu_flags.md").read_text()
+    page = (tmp_path / "inner_loop_xla_cpu_flags.md").read_text()
+    assert "| mnistfc | 512-bit vectors, malloc on huge pages |" in page
+    assert "`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`" in page
+
+
+def test_xla_cpu_flags_gives_each_process_its_settings_environment(
+    tmp_path, load_benchmark, monkeypatch
+):
+    """A setting's environment variables reach its process, beside its XLA_FLAGS only."""
+    flags = load_benchmark("xla_cpu_flags")
+    seen = {}
+
+    def run(command, env, **kwargs):
+        seen.update(env)
+        (tmp_path / "inner_loop.json").write_text("{}")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(flags.subprocess, "run", run)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
+    assert flags.run_once("w256-hugetlb", ["mnistfc"], 1, True, tmp_path) == {}
+    assert seen["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert seen["XLA_FLAGS"].split() == [
+        "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+        "--xla_cpu_prefer_vector_width=256",
+    ]
+    assert flags.setting_environment("w256") == {}
 
 
 def test_xla_cpu_flags_in_process_smoke(tmp_path, load_benchmark):
