@@ -94,6 +94,10 @@ def setting_environment(setting: str) -> dict[str, str]:
     return dict(SETTINGS[setting][2]) if len(SETTINGS[setting]) > 2 else {}
 
 
+# The variables some setting gives its processes: no process inherits them from this one.
+SETTING_VARIABLES = {name for setting in SETTINGS for name in setting_environment(setting)}
+
+
 # The labels of inner_loop.py's rows this script reads.
 DEFAULT = "default (rolled scan, canonical convs, hash noise)"
 NOISE_FREE = "no noise (Hopf-Lax cost)"
@@ -104,7 +108,9 @@ assert {DEFAULT, NOISE_FREE} <= set(CANDIDATES) and DRAW in NOISE_WORK
 def run_once(setting: str, models: list[str], rounds: int, smoke: bool, out_dir: Path) -> dict:
     """One fresh ``inner_loop.py`` process under ``setting``'s flags; its JSON results."""
     # The whole of XLA_FLAGS is replaced: the parent's own flags must not leak in.
-    env = dict(os.environ, XLA_FLAGS=f"{SCHEDULER_FLAG}=false {SETTINGS[setting][1]}")
+    # So is every variable a setting may set (e.g. GLIBC_TUNABLES exported by the user).
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_VARIABLES}
+    env["XLA_FLAGS"] = f"{SCHEDULER_FLAG}=false {SETTINGS[setting][1]}"
     env.update(setting_environment(setting))
     command = [sys.executable, str(HERE / "inner_loop.py"), "--no-scaling"]
     command += ["--smoke"] if smoke else ["--models", *models, "--rounds", str(rounds)]

@@ -58,6 +58,9 @@ def with_test_flags(flags: str) -> str:
 # Set when pytest imports this file: before any test module starts a JAX backend.
 os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
 xla_flags.apply_cpu_settings()
+# The commands the doctests under relaxjax/ run (outside the session's fixtures' reach)
+# must not turn the cache on in the user's cache directory; the session fixture sets it.
+os.environ.setdefault("RELAXJAX_NO_COMPILATION_CACHE", "1")
 
 SUITE_CACHE_ENV = "RELAXJAX_TEST_COMPILATION_CACHE"
 SUITE_CACHE = os.environ.get(SUITE_CACHE_ENV, "1").strip().lower() not in ("0", "false", "no")
@@ -106,19 +109,24 @@ def _suite_compilation_settings(tmp_path_factory):
         yield folder, {name: getattr(jax.config, name) for name in names}
 
 
-@pytest.fixture(autouse=True)
-def _suite_compilation_settings_restored(_suite_compilation_settings):
-    """After a test that turned the cache off or moved it (the cache's own tests, a
-    benchmark given its own folder), the session's settings again."""
-    yield
+def _restore_cache_settings(settings: dict) -> None:
+    """JAX's cache settings as ``settings`` has them, if anything changed them."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
-    settings = _suite_compilation_settings[1]
     if any(getattr(jax.config, name) != value for name, value in settings.items()):
         for name, value in settings.items():
             jax.config.update(name, value)
         compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True)
+def _suite_compilation_settings_restored(_suite_compilation_settings):
+    """Before and after every test, the session's settings, whatever ran in between (the
+    cache's own tests, a benchmark given its own folder, a doctest that turns it off)."""
+    _restore_cache_settings(_suite_compilation_settings[1])
+    yield
+    _restore_cache_settings(_suite_compilation_settings[1])
 
 
 @pytest.fixture

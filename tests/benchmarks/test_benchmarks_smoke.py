@@ -250,6 +250,10 @@ def test_xla_cpu_flags_gives_each_process_its_settings_environment(
         "--xla_cpu_prefer_vector_width=256",
     ]
     assert flags.setting_environment("w256") == {}
+    seen.clear()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # the user's, exported
+    flags.run_once("w256", ["mnistfc"], 1, True, tmp_path)
+    assert "GLIBC_TUNABLES" not in seen
 
 
 def test_xla_cpu_flags_in_process_smoke(tmp_path, load_benchmark):
