@@ -60,10 +60,9 @@ def compilation_cache_dir(path: str | os.PathLike | None = None) -> Path:
       >>> from relaxjax.train import compilation_cache_dir
       >>> compilation_cache_dir("/tmp/jit").as_posix()
       '/tmp/jit'
-      >>> with mock.patch.dict(os.environ, {"RELAXJAX_CACHE_DIR": "/data/cache"}):
-      ...     with mock.patch.dict(os.environ, {"RELAXJAX_COMPILATION_CACHE_DIR": ""}):
-      ...         compilation_cache_dir().as_posix()
-      '/data/cache/jax-compilation'
+      >>> with mock.patch.dict(os.environ, {"RELAXJAX_COMPILATION_CACHE_DIR": "/data/jit"}):
+      ...     compilation_cache_dir().as_posix()
+      '/data/jit'
     """
     if path is not None:
         return Path(path).expanduser()

@@ -17,19 +17,12 @@ from test_faults import tiny_command, untimed
 
 from relaxjax.train import compilation_cache, read_metrics
 
-OPTIONS = (
-    "jax_compilation_cache_dir",
-    "jax_enable_compilation_cache",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_persistent_cache_min_entry_size_bytes",
-)
-
 
 @pytest.fixture(autouse=True)
-def _restore_jax_settings(monkeypatch):
-    """The cache settings as they were before the test (they are process-wide)."""
-    saved = {name: getattr(jax.config, name) for name in OPTIONS}
-    jax.config.update("jax_compilation_cache_dir", None)  # a directory another test chose
+def _default_cache_location(monkeypatch):
+    """No cache directory chosen before the test, by a variable or another test (the
+    session's settings come back after it: tests/conftest.py)."""
+    jax.config.update("jax_compilation_cache_dir", None)
     monkeypatch.setattr(compilation_cache, "_enabled_dir", compilation_cache._enabled_dir)
     for name in (
         compilation_cache.COMPILATION_CACHE_DIR_ENV,
@@ -37,10 +30,6 @@ def _restore_jax_settings(monkeypatch):
         "JAX_COMPILATION_CACHE_DIR",
     ):
         monkeypatch.delenv(name, raising=False)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    compilation_cache._reset()
 
 
 def _train(tmp_path: Path, batch_size: int, *extra: str, optimizer: str = "sgd") -> None:
