@@ -93,11 +93,39 @@ def smoke_mnist(num_examples: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     return (images[:split], labels[:split]), (images[split:], labels[split:])
 
 
+def smoke_data(num_examples: int):
+    """``smoke_mnist``'s digits as ``relaxjax.train.DataArrays``, normalised per channel
+    as ``relaxjax train`` normalises MNIST (two classes)."""
+    import jax.numpy as jnp
+
+    from relaxjax import data
+    from relaxjax.train import DataArrays
+
+    (train_x, train_y), (test_x, test_y) = smoke_mnist(num_examples)
+    stats = data.channel_stats(train_x)
+    return DataArrays(
+        jnp.asarray(data.normalize(train_x, stats)),
+        jnp.asarray(train_y),
+        jnp.asarray(data.normalize(test_x, stats)),
+        jnp.asarray(test_y),
+        num_classes=2,
+    )
+
+
 def command_line(script: str, argv: list[str] | None) -> str:
     """The shell command that reruns ``script`` (a ``benchmarks/`` file) with ``argv``
     (``sys.argv[1:]`` when None), quoted, as run from the repository root."""
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join(["python", f"benchmarks/{Path(script).name}", *args])
+
+
+def repo_relative(path: Path) -> str:
+    """``path`` from the repository root when it lies inside it (as the results cite it),
+    else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
 
 
 def json_text(value: Any, **options: Any) -> str:

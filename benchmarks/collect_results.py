@@ -38,6 +38,7 @@ SECTIONS = [  # (results file stem, what it answers)
     ("authors_code_avx512", "Against the authors' code on a CPU with AVX-512"),
     ("input_pipeline", "Input pipeline's share of a step"),
     ("paper_table", "The paper's table (MNIST; CIFAR-10 from a GPU)"),
+    ("evaluation_protocol", "The BatchNorm refresh before a test, three ways"),
     ("parle", "Parle and data parallel"),
     ("msa", "Maximum-principle training (E-MSA)"),
     ("fault_injection", "Interrupted runs resumed (SIGINT and SIGKILL at random points)"),

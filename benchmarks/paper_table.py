@@ -27,8 +27,10 @@ Runs go seed by seed (every cell of seed 0, then of seed 1, ...), so a job that
 is stopped leaves a table with every cell it reached; rerunning the command
 continues it. ``--variants`` also (or only) trains named departures from the
 defaults (``VARIANTS``: the Deep Relaxation research code's inner Nesterov
-momentum, HEAT with L = 10); their runs are named
-``<model>-<optimizer>-<variant>-s<seed>`` and have their own rows.
+momentum, HEAT with L = 10, the Lua Entropy-SGD code's schedules for its ICLR
+cells); their runs are named ``<model>-<optimizer>-<variant>-s<seed>`` and have
+their own rows. A variant may train for, and be judged by, the Entropy-SGD
+paper's cell (``lua``: SGD 100 epochs, Entropy-SGD 80 effective epochs on LeNet).
 
     python benchmarks/paper_table.py --data-dir ../shared/data # full budgets, seeds 0 1 2
     python benchmarks/paper_table.py --optimizers heat --data-dir ../shared/data  # HEAT's cells
@@ -38,6 +40,8 @@ momentum, HEAT with L = 10); their runs are named
     python benchmarks/paper_table.py --models lenet-dr --optimizers entropy-sgd \
         --variants inner-nesterov --seeds 0               # a variant's runs
     python benchmarks/paper_table.py --models mnistfc-dr --optimizers heat --variants L10
+    python benchmarks/paper_table.py --models lenet --optimizers sgd entropy-sgd \
+        --variants lua --data-dir ../shared/data          # the ICLR cells, Lua schedules
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from relaxjax.data.atomic import atomic_copy, atomic_write
 from relaxjax.plots.curves import plot_curves, run_curves
@@ -58,7 +63,7 @@ from relaxjax.train.optimizers import INNER_SGD_RELAXATIONS
 from relaxjax.train.runs import config_differences, iterate_runs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import command_line, environment, json_text, write_json  # noqa: E402
+from _env import command_line, environment, json_text, repo_relative, write_json  # noqa: E402
 
 # Effective-epoch budgets and test errors (%) of the papers (deep-relaxation.md §4), by
 # network. "ES" is Table 1 of the Entropy-SGD paper (ICLR 2017); "DR" the Deep Relaxation
@@ -84,11 +89,36 @@ PAPER = {
 DATASETS = {"allcnn": "cifar10-jpeg"}
 
 
-# Named departures from the `relaxjax train` defaults: (optimizers they apply to, extra
-# `relaxjax train` arguments, what they are, for the table's notes). "default" is the
-# command's own configuration.
+# HEAT's L in the variant `L10` (and in the flatness benchmark's HEAT runs).
+HEAT_L10 = 10
+
+
+class Variant(NamedTuple):
+    """A named departure from the `relaxjax train` defaults.
+
+    ``arguments`` maps each optimizer it applies to onto its extra `relaxjax train`
+    arguments; ``why`` says what it is, for the table's notes; ``paper`` is the paper
+    column (``PAPER``: "DR" or "ES") whose cell gives the run's budget and judges its
+    'target'.
+    """
+
+    arguments: dict[str, tuple[str, ...]]
+    why: str
+    paper: str = "DR"
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        return tuple(self.arguments)
+
+
+def _same(optimizers: tuple[str, ...], *argv: str) -> dict[str, tuple[str, ...]]:
+    """The same extra arguments for each of ``optimizers``."""
+    return {optimizer: argv for optimizer in optimizers}
+
+
+# "default" is the command's own configuration.
 VARIANTS = {
-    "default": (("sgd", "entropy-sgd", "hj", "heat"), [], ""),
+    "default": Variant(_same(("sgd", "entropy-sgd", "hj", "heat")), ""),
     # The authors' Deep Relaxation research code (`ESGD` and `HEAT` in its code/optim.py):
     # Nesterov momentum 0.9 on the inner steps too, one buffer for the whole run (their
     # Entropy-SGD code, Lua and PyTorch, zeroes it at every outer step instead), with
@@ -96,39 +126,85 @@ VARIANTS = {
     # default outer rate 1 diverged (lenet-dr: 48% test error at 2 effective epochs, from
     # `relaxjax train --model lenet-dr --optimizer entropy-sgd --inner-momentum 0.9
     # --epochs 80 --data-dir ../shared/data`; that run is not recorded).
-    "inner-nesterov": (
-        INNER_SGD_RELAXATIONS,
-        ["--inner-momentum", "0.9", "--inner-momentum-buffer", "keep", "--lr", "0.1"],
+    "inner-nesterov": Variant(
+        _same(
+            INNER_SGD_RELAXATIONS,
+            *("--inner-momentum", "0.9", "--inner-momentum-buffer", "keep", "--lr", "0.1"),
+        ),
         "Nesterov momentum on the inner steps, one buffer for the whole run, and that "
         "code's default outer rate, as in the authors' Deep Relaxation research code; their "
         "Entropy-SGD code, Lua and PyTorch, zeroes the inner momentum at every outer step; "
         "by default the inner steps are plain SGD, as in the papers' algorithm",
     ),
-    "L10": (
-        ("heat",),
-        ["-L", "10"],
+    "L10": Variant(
+        _same(("heat",), "-L", str(HEAT_L10)),
         "HEAT with L = 10 inner steps, the largest L that divides all three of the "
         "paper's HEAT budgets (70, 100, 150 effective epochs, counted as (epoch + 1)·L), "
         "in place of its class's L = 100",
     ),
+    # The Lua Entropy-SGD code (train.lua's learning_rate_schedule for `mnistconv`,
+    # entropyoptim.lua), which ran the ICLR table: docs/deep-relaxation.md §3.1.
+    "lua": Variant(
+        {
+            "sgd": ("--lr-decay", "0.2", "--lr-milestones", "30", "60"),
+            "entropy-sgd": (
+                *("--lr-decay", "0.1", "--lr-milestones", "40", "--momentum", "0"),
+                *("--inner-momentum", "0.9", "--inner-momentum-buffer", "reset"),
+            ),
+        },
+        "the learning-rate schedules and momentum of the Lua Entropy-SGD code, which ran "
+        "the ICLR table, for its budgets (the ES cells): SGD at 0.1, 0.02 from epoch 31 and "
+        "0.004 from epoch 61 of 100; Entropy-SGD at rate 1 on x − μ for its first two "
+        "epochs of outer steps (40 effective epochs), then 0.1, without outer momentum (the "
+        "code's outer momentum acts on the gradient it discards), and Nesterov momentum 0.9 "
+        "on the inner steps, zeroed at every outer step (relaxjax's acts on the whole inner "
+        "gradient, the code's on the loss gradient only: with the coupling 10⁻⁴ growing to "
+        "6·10⁻⁴ in the budget, the two differ by less than 10⁻³·|y − x| per step)",
+        paper="ES",
+    ),
+}
+
+
+# The network of ``PAPER`` whose cells each other registered network is judged by.
+PAPER_NETWORK = {
+    "mnistfc-dr": "mnistfc",
+    "lenet-dr": "lenet",
+    "lenet-pytorch": "lenet",
+    "lenet-torch-init": "lenet",
+    "mnistconv": "lenet",
 }
 
 
 def paper_cell(model: str, optimizer: str) -> dict:
     """The papers' numbers for a model of ``relaxjax.models``: ``lenet`` (the Lua
-    Entropy-SGD code's LeNet), ``lenet-dr`` (the Deep Relaxation code's) and
-    ``lenet-pytorch`` (the PyTorch port's revision) share LeNet's cells."""
-    return PAPER[(model.removesuffix("-dr").removesuffix("-pytorch"), optimizer)]
+    Entropy-SGD code's LeNet), ``lenet-dr`` (the Deep Relaxation code's),
+    ``lenet-pytorch`` (the PyTorch port's revision) and ``lenet-torch-init`` (``lenet``
+    with Torch's initialisation) share LeNet's cells, as ``mnistfc-dr`` shares mnistfc's."""
+    network = PAPER_NETWORK.get(model, model)
+    if (network, optimizer) not in PAPER:
+        raise ValueError(
+            f"no paper cell for {model} {optimizer}: the table knows "
+            f"{sorted({m for m, _ in PAPER} | set(PAPER_NETWORK))}"
+        )
+    return PAPER[(network, optimizer)]
 
 
-def budget(model: str, optimizer: str) -> float:
-    """The paper's (Deep Relaxation) budget in effective epochs."""
-    return float(paper_cell(model, optimizer)["DR"][2])
+def budget(model: str, optimizer: str, column: str = "DR") -> float:
+    """The paper's budget in effective epochs: the Deep Relaxation cell's, or ``column``'s."""
+    cell = paper_cell(model, optimizer)
+    if column not in cell:
+        raise ValueError(f"no {column} cell for {model} {optimizer} in PAPER: no budget to train")
+    return float(cell[column][2])
 
 
-def cell_budget(args: argparse.Namespace, model: str, optimizer: str) -> float:
-    """The effective epochs a cell trains for: the paper's budget times ``--budget-scale``."""
-    return 1.0 if args.smoke else budget(model, optimizer) * args.budget_scale
+def cell_budget(
+    args: argparse.Namespace, model: str, optimizer: str, variant: str = "default"
+) -> float:
+    """The effective epochs a cell trains for: the budget of the paper's cell its variant
+    is judged by (``Variant.paper``), times ``--budget-scale``."""
+    if args.smoke:
+        return 1.0
+    return budget(model, optimizer, VARIANTS[variant].paper) * args.budget_scale
 
 
 def seed_major(args: argparse.Namespace) -> list[tuple[int, str, str, str]]:
@@ -140,7 +216,7 @@ def seed_major(args: argparse.Namespace) -> list[tuple[int, str, str, str]]:
         for seed, model, optimizer, variant in itertools.product(
             args.seeds, args.models, args.optimizers, args.variants
         )
-        if optimizer in VARIANTS[variant][0]
+        if optimizer in VARIANTS[variant].optimizers
     ]
 
 
@@ -276,6 +352,14 @@ def _fmt_optimizer(row: dict) -> str:
     return row["optimizer"] if variant == "default" else f"{row['optimizer']} ({variant})"
 
 
+def _fmt_arguments(arguments: dict[str, tuple[str, ...]]) -> str:
+    """A variant's extra arguments, per optimizer where they differ."""
+    distinct = set(arguments.values())
+    if len(distinct) == 1:
+        return f"`{' '.join(distinct.pop())}`"
+    return ", ".join(f"{optimizer}: `{' '.join(argv)}`" for optimizer, argv in arguments.items())
+
+
 def _fmt_refresh(refresh: int) -> str:
     return f"refreshed ({refresh} batches)" if refresh else "as trained"
 
@@ -296,25 +380,28 @@ def first_reached(metrics: list[dict], threshold: float) -> float | None:
 
 def target_verdict(row: dict) -> str:
     """Issue 4's target for a cell: its best test error (mean over seeds) at or below the
-    upper edge of the paper's DR spread, reached (mean effective epoch) in no more effective
-    epochs than the paper's. "met", "in progress", or "not met: " and what fell short."""
+    upper edge of the paper's spread (the DR cell, or the row's ``paper_column``), reached
+    (mean effective epoch) in no more effective epochs than the paper's. "met", "in
+    progress", or "not met: " and what fell short."""
     if not row["complete"]:
         return "in progress"
     error, epochs = row["best_error"][0], row["best_epoch"][0]
+    paper_epochs = row["paper"][row.get("paper_column", "DR")][2]
     misses = []
     if not at_most(error, row["paper_threshold"]):
         misses.append(f"error {error:.3f} > {row['paper_threshold']:.2f}")
-    if not at_most(epochs, row["paper"]["DR"][2]):
-        misses.append(f"@ {epochs:.1f} > {row['paper']['DR'][2]}")
+    if not at_most(epochs, paper_epochs):
+        misses.append(f"@ {epochs:.1f} > {paper_epochs}")
     return "not met: " + ", ".join(misses) if misses else "met"
 
 
-def summarize(model, optimizer, run_dirs: list[Path], target: float) -> dict:
+def summarize(model, optimizer, run_dirs: list[Path], target: float, column: str = "DR") -> dict:
+    """A row of the table: the runs of one cell against the paper's ``column`` cell."""
     finals, bests, best_epochs, seconds, reached = [], [], [], [], []
     paper = paper_cell(model, optimizer)
-    # The upper edge of the paper's reported spread (DR cell): our run "matches" once
-    # its test error is at or below it.
-    threshold = paper["DR"][0] + paper["DR"][1]
+    # The upper edge of the paper's reported spread (the DR cell, or the variant's column):
+    # our run "matches" once its test error is at or below it.
+    threshold = paper[column][0] + paper[column][1]
     matched = []
     for run_dir in run_dirs:
         metrics = read_metrics(run_dir)
@@ -344,6 +431,7 @@ def summarize(model, optimizer, run_dirs: list[Path], target: float) -> dict:
         "complete": min(reached) >= target - 1e-6,
         "train_seconds": statistics.mean(seconds),
         "paper": paper,
+        "paper_column": column,
         "paper_threshold": threshold,
         "epochs_to_paper_error": matched,
     }
@@ -353,6 +441,11 @@ def summarize(model, optimizer, run_dirs: list[Path], target: float) -> dict:
 def _pm(mean_std: tuple[float, float], seeds: int) -> str:
     """``mean ± std`` over seeds; one seed has no spread to show."""
     return f"{mean_std[0]:.2f} ± {mean_std[1]:.2f}" if seeds > 1 else f"{mean_std[0]:.2f}"
+
+
+def _fmt_column(row: dict) -> str:
+    column = row.get("paper_column", "DR")
+    return "" if column == "DR" else f" (vs {column})"
 
 
 def _fmt_matched(row: dict) -> str:
@@ -379,17 +472,19 @@ def curve_labels(rows: list[dict]) -> dict[str, str]:
 
 def plot_table(rows: list[dict], run_dirs: list[Path], output: Path) -> None:
     """``paper_table.png``: test error against effective epochs, one panel per model, one
-    curve per row of the table (mean over its seeds, min–max band), and each default row's
-    paper cell (DR, the column 'target' is judged by) marked at its effective epochs."""
+    curve per row of the table (mean over its seeds, min–max band), and the paper cell
+    'target' judges each default row by (DR), and each variant judged by another column
+    (``lua``: ES), marked at its effective epochs."""
     labels = curve_labels(rows)
     curves = [
         c._replace(optimizer=labels.get(Path(c.run).name, c.optimizer))
         for c in run_curves(iterate_runs([str(d) for d in run_dirs]))
     ]
     cells = {
-        (r["model"], labels[r["seed_names"][0]]): r["paper"]["DR"]
+        (r["model"], labels[r["seed_names"][0]]): r["paper"][r.get("paper_column", "DR")]
         for r in rows
-        if r.get("variant", "default") == "default" and r["seed_names"]
+        if (r.get("variant", "default") == "default" or r.get("paper_column", "DR") != "DR")
+        and r["seed_names"]
     }
     plot_curves(curves, paper_cells=cells, output=output)
 
@@ -424,7 +519,8 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         " L gradient evaluations). 'best @ epochs' is the lowest test error seen and the "
         "effective epoch where it was first reached (selected on the test set, as the papers "
         "report validation error). 'reached paper' counts the seeds whose test error came to "
-        "or below the upper edge of the paper's DR spread (mean + std), and the mean "
+        "or below the upper edge of the paper's DR spread (mean + std; for a variant judged "
+        "by the ES cell, marked 'vs ES', that cell's), and the mean "
         "effective epoch at which they first did. 'target' is issue 4's target for the cell: "
         "the best error's mean over seeds at or below that edge, first reached (mean over "
         "seeds) in no more effective epochs than the paper's. Paper columns: DR = Deep Relaxation "
@@ -438,8 +534,10 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "PyTorch port's network (dropout 0.5, BatchNorm before every ReLU); `lenet` is the "
         "Lua Entropy-SGD code's `mnistconv`, which ran that paper's experiments: "
         "`lenet-dr`'s layers with dropout 0.5. `lenet-pytorch` is the PyTorch port's "
-        "revised `mnistconv` (BatchNorm before every ReLU and on the 500 units); "
-        "docs/deep-relaxation.md §3.1 compares the two LeNets.",
+        "revised `mnistconv` (BatchNorm before every ReLU and on the 500 units). "
+        "`lenet-torch-init` is `lenet` initialised as the Lua code's Torch layers are "
+        "(kernels and biases uniform in ±1/√fan_in, BatchNorm scales uniform in [0, 1)) "
+        "instead of Flax's defaults; docs/deep-relaxation.md §3.1 compares the LeNets.",
         "",
         *(
             [
@@ -484,12 +582,16 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "",
         *(
             [
-                "'optimizer' `heat`: relaxjax's `heat_smoothing` with the settings of the "
+                "'optimizer' `heat`: relaxjax's `heat_smoothing` with the defaults of the "
                 "research code's `HEAT` class: coupling 10 (γ = 0.1) without scoping, L = 100 "
                 "inner steps of η′ = 0.1, noise ε = 10⁻⁴, the uniform average of the start "
-                "and the L iterates; the outer rate 1 on x − μ of the other relaxations (the "
-                "class's own default is 0.1). Its Gaussian smoothing time 2γε² = 2·10⁻⁹ is "
-                "negligible: at η′ = γ its step is the average of the L mini-batch gradients "
+                "and the L iterates; plain inner SGD and the outer step of the other "
+                "relaxations (Nesterov momentum 0.9, rate 1 on x − μ). The research code's "
+                "`main.py` adds Nesterov momentum 0.9 to the inner steps too (one buffer for "
+                "the run) with its outer rate 0.1 (the variant `inner-nesterov`), and sets L "
+                "and the coupling from its command line (`-L`, `--g0`: defaults 0 and 10⁻⁴). "
+                "Its Gaussian smoothing time 2γε² = 2·10⁻⁹ is negligible: at η′ = γ its step "
+                "is the average of the L mini-batch gradients "
                 "along the chain, times L/(L + 1) (docs/deep-relaxation.md §1.3). The notes "
                 "do not record the HEAT runs' command lines; their effective epochs (70, 100, "
                 "150, counted as (epoch + 1)·L by the authors' plotting script) are not all "
@@ -506,9 +608,11 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
         "'optimizer (variant)': the cell trained with a named departure from the defaults "
         "(`VARIANTS` in the script): "
         + "; ".join(
-            f"`{name}` = `{' '.join(extra)}` ({why})"
-            for name, (_, extra, why) in VARIANTS.items()
-            if extra
+            f"`{name}` = {_fmt_arguments(variant.arguments)} ({variant.why}"
+            + ("" if variant.paper == "DR" else f"; budget and target: the {variant.paper} cell")
+            + ")"
+            for name, variant in VARIANTS.items()
+            if name != "default"
         )
         + ".",
         "",
@@ -535,7 +639,7 @@ def write(out_dir: Path, rows: list[dict], run_dirs: list[Path], header: dict) -
             f"{r['reached']:g} / {r['budget']:g}{'' if r['complete'] else ' (in progress)'} | "
             f"{_pm(r['final_error'], r['seeds'])} | "
             f"{_pm(r['best_error'], r['seeds'])} @ {r['best_epoch'][0]:.1f} | "
-            f"{_fmt_matched(r)} | {r['target']} | {paper.get('DR', '')} | "
+            f"{_fmt_matched(r)} | {r['target']}{_fmt_column(r)} | {paper.get('DR', '')} | "
             f"{paper.get('ES', '')} |"
         )
     lines += ["", "![test error against effective epochs](paper_table.png)", ""]
@@ -547,7 +651,9 @@ def report(args, command: str, start: float) -> list[dict]:
     records = Path(args.records_dir)
     rows, all_runs = [], []
     for model, optimizer, variant in itertools.product(args.models, args.optimizers, VARIANTS):
-        epochs = cell_budget(args, model, optimizer)
+        if optimizer not in VARIANTS[variant].optimizers:
+            continue
+        epochs = cell_budget(args, model, optimizer, variant)
         runs = [
             records / run_name(model, optimizer, seed, variant)
             for seed in args.seeds
@@ -557,7 +663,7 @@ def report(args, command: str, start: float) -> list[dict]:
         refresh = {r: saved_config(r).refresh_batches for r in runs}
         for batches in sorted(set(refresh.values()), reverse=True):
             group = [r for r in runs if refresh[r] == batches]
-            row = summarize(model, optimizer, group, epochs)
+            row = summarize(model, optimizer, group, epochs, VARIANTS[variant].paper)
             rows.append(row | {"variant": variant, "refresh": batches})
         all_runs += runs
     header = {
@@ -565,18 +671,11 @@ def report(args, command: str, start: float) -> list[dict]:
         **environment(),
         "budget_scale": args.budget_scale,
         "wall_seconds": time.perf_counter() - start,
-        "records_dir": _relative(records),
+        "records_dir": repo_relative(records),
         "run_machines": run_machines(all_runs),
     }
     write(Path(args.out_dir), rows, all_runs, header)
     return rows
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path(__file__).resolve().parents[1]))
-    except ValueError:
-        return str(path)
 
 
 def main(argv=None) -> int:
@@ -587,7 +686,8 @@ def main(argv=None) -> int:
         default=None,
         help="networks of relaxjax.models [mnistfc-dr lenet-dr: the Deep Relaxation code's, "
         "which produced the paper's DR cells; mnistfc and lenet are the Entropy-SGD code's "
-        "(lenet-pytorch: its PyTorch port's revised LeNet); allcnn trains on CIFAR-10]",
+        "(lenet-pytorch: its PyTorch port's revised LeNet; lenet-torch-init: lenet with "
+        "Torch's initialisation); allcnn trains on CIFAR-10]",
     )
     parser.add_argument("--optimizers", nargs="+", default=None, help="[sgd entropy-sgd hj heat]")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="[0 1 2]")
@@ -642,8 +742,9 @@ def main(argv=None) -> int:
     command = command_line(__file__, argv)
     if not args.report_only:
         for seed, model, optimizer, variant in seed_major(args):
-            epochs = cell_budget(args, model, optimizer)
-            config = cell_config(model, optimizer, seed, epochs, extra + VARIANTS[variant][1])
+            epochs = cell_budget(args, model, optimizer, variant)
+            arguments = [*extra, *VARIANTS[variant].arguments[optimizer]]
+            config = cell_config(model, optimizer, seed, epochs, arguments)
             name = run_name(model, optimizer, seed, variant)
             done = read_metrics(Path(args.records_dir) / name)
             if (

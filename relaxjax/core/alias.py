@@ -194,9 +194,10 @@ def heat_sgd(
     """HEAT: the heat-equation relaxed gradient followed by Nesterov SGD.
 
     x ← x − η · NesterovMomentum(x − μ), with μ the uniform average of L SGLD
-    iterates (see ``relaxjax.heat_smoothing``); the defaults are the Deep
-    Relaxation research code's ``HEAT``: γ = 0.1 (coupling 10), L = 100, η′ = 0.1,
-    ε = 1e-4.
+    iterates (see ``relaxjax.heat_smoothing``); the defaults are those of the Deep
+    Relaxation research code's ``HEAT`` class: γ = 0.1 (coupling 10), L = 100,
+    η′ = 0.1, ε = 1e-4 (its inner steps also carry Nesterov momentum, which
+    ``heat_smoothing``'s ``inner_optimizer`` and ``keep_inner_state`` give).
 
     Args:
       learning_rate: the outer learning rate η (float or Optax schedule) on the

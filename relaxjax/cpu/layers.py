@@ -8,6 +8,8 @@ the CPU backend (``conv_implementation="auto"``, ``pooling="auto"``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,6 +96,8 @@ class PatchConv(nn.Module):
       features: output channels.
       kernel_size: (height, width) of the kernel.
       implementation: ``"auto"``, ``"patches"`` or ``"xla"``.
+      kernel_init: the kernel's initialiser (``nn.Conv``'s default: LeCun normal).
+      bias_init: the bias's initialiser (``nn.Conv``'s default: zeros).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -107,6 +111,8 @@ class PatchConv(nn.Module):
     features: int
     kernel_size: tuple[int, int]
     implementation: str = "auto"
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -115,8 +121,8 @@ class PatchConv(nn.Module):
                 f"implementation must be 'auto', 'patches' or 'xla', got {self.implementation!r}"
             )
         shape = (*self.kernel_size, x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        kernel = self.param("kernel", self.kernel_init, shape)
+        bias = self.param("bias", self.bias_init, (self.features,))
         patches = self.implementation == "patches" or (
             self.implementation == "auto" and jax.default_backend() == "cpu"
         )

@@ -16,9 +16,11 @@ from relaxjax.models.functional import (
 )
 from relaxjax.models.layers import (
     DROPOUT_MASKS,
+    WEIGHT_INITS,
     HashDropout,
     batch_norm,
     dropout_layer,
+    torch_uniform,
 )
 from relaxjax.models.networks import AllCNN, LeNet, MnistFC
 from relaxjax.models.registry import (
@@ -50,4 +52,6 @@ __all__ = [
     "Params",
     "PatchConv",
     "register_model",
+    "torch_uniform",
+    "WEIGHT_INITS",
 ]

@@ -1,6 +1,10 @@
-"""Layers of relaxjax's networks: dropout with hashed masks, PyTorch-style BatchNorm."""
+"""Layers of relaxjax's networks: dropout with hashed masks, PyTorch-style BatchNorm,
+Torch's default initialisation."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -13,8 +17,10 @@ __all__ = [
     "BN_MOMENTUM",
     "DROPOUT_MASKS",
     "HashDropout",
+    "WEIGHT_INITS",
     "batch_norm",
     "dropout_layer",
+    "torch_uniform",
 ]
 
 BN_MOMENTUM = 0.9  # PyTorch BatchNorm momentum 0.1
@@ -68,12 +74,50 @@ class HashDropout(nn.Dropout):
         return jnp.where(mask, inputs / keep, zero)
 
 
-def batch_norm(train: bool) -> nn.BatchNorm:
+WEIGHT_INITS = ("flax", "torch")
+"""``LeNet``'s ``weight_init`` values (and :func:`batch_norm`'s): Flax's defaults, or
+Torch's (:func:`torch_uniform`)."""
+
+
+def torch_uniform(fan_in: int) -> Callable:
+    """Torch's default initialiser of a layer with ``fan_in`` inputs: uniform in ±1/√fan_in.
+
+    Lua Torch's ``nn.Linear`` and ``nn.SpatialConvolution`` (``reset()``) draw their
+    weights and biases so, as PyTorch's ``nn.Linear`` and ``nn.Conv2d`` do by default; a
+    standard deviation 1/√(3·fan_in), √3 smaller than Flax's LeCun-normal kernels.
+
+    Args:
+      fan_in: the inputs of one output unit (``kh·kw·c_in`` for a convolution).
+
+    Returns:
+      An initialiser ``init(key, shape, dtype=float32)``.
+
+    Example:
+      >>> import jax
+      >>> from relaxjax.models import torch_uniform
+      >>> w = torch_uniform(25)(jax.random.key(0), (100_000,))
+      >>> bool(abs(w).max() <= 0.2), round(float(w.std()) * 25**0.5 * 3**0.5, 1)
+      (True, 1.0)
+    """
+    if fan_in < 1:
+        raise ValueError(f"fan_in must be >= 1, got {fan_in}")
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def batch_norm(train: bool, *, weight_init: str = "flax") -> nn.BatchNorm:
     """``nn.BatchNorm`` with PyTorch's defaults (momentum 0.1 on the new statistic, ε = 1e-5).
 
     Args:
       train: normalise with the batch's statistics and update the running ones (True)
         or with the running statistics (False).
+      weight_init: ``"flax"``: scale 1, bias 0; ``"torch"``: scale uniform in [0, 1), bias 0,
+        as Lua Torch's and cudnn's ``BatchNormalization`` (``weight:uniform()``) and
+        PyTorch's before version 1.2.
 
     Returns:
       An ``nn.BatchNorm`` with ``momentum=BN_MOMENTUM`` and ``epsilon=BN_EPSILON``.
@@ -87,7 +131,16 @@ def batch_norm(train: bool) -> nn.BatchNorm:
       >>> layer.use_running_average, layer.momentum, layer.epsilon
       (False, 0.9, 1e-05)
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+    torch = weight_init == "torch"
+    scale_init = nn.initializers.uniform(1.0) if torch else nn.initializers.ones
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        scale_init=scale_init,
+    )
 
 
 DROPOUT_MASKS = ("hash", "threefry")

@@ -35,8 +35,9 @@ Flax) and ``epsilon=1e-5``; Flax's running variance uses the biased batch
 variance where Torch uses the unbiased one. Initialisation is Flax's default
 (LeCun-normal kernels, zero biases; BN scale 1, bias 0), not Torch's uniform
 fan-in init (kernels and biases uniform in ±1/√fan_in, a standard deviation
-√3 smaller); ``lenet-dr``, with ``lenet``'s layers and this init, meets the
-paper's LeNet cells.
+√3 smaller; BN scales uniform in [0, 1)); ``lenet-dr``, with ``lenet``'s layers
+and this init, meets the paper's LeNet cells, and ``lenet-torch-init`` is
+``lenet`` with Torch's init (``LeNet(weight_init="torch")``).
 
 Inputs are NHWC (``(N, 28, 28, 1)`` for MNIST, ``(N, 32, 32, 3)`` for CIFAR)
 and are cast to float32; scaling/whitening is the data pipeline's job.
@@ -54,7 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from relaxjax.cpu.layers import PatchConv, max_pool_tiles
-from relaxjax.models.layers import batch_norm, dropout_layer
+from relaxjax.models.layers import WEIGHT_INITS, batch_norm, dropout_layer, torch_uniform
 
 
 class MnistFC(nn.Module):
@@ -127,6 +128,10 @@ class LeNet(nn.Module):
       dropout_masks: ``"hash"`` (:class:`HashDropout`) or ``"threefry"``.
       pooling: ``"tiles"`` (:func:`relaxjax.cpu.layers.max_pool_tiles`) or ``"xla"``
         (``nn.max_pool``), the same values.
+      weight_init: ``"flax"`` (Flax's defaults: LeCun-normal kernels, zero biases, BatchNorm
+        scale 1) or ``"torch"`` (Lua Torch's, which the Lua code used: kernels and biases
+        uniform in ±1/√fan_in, :func:`relaxjax.models.torch_uniform`; BatchNorm scales
+        uniform in [0, 1)); ``lenet-torch-init`` is ``lenet`` with ``"torch"``.
 
     References:
       Chaudhari et al., *Entropy-SGD* (ICLR 2017), §5 (experiments);
@@ -148,11 +153,24 @@ class LeNet(nn.Module):
     dense_bn: bool = False  # BatchNorm on the 500-unit layer (the PyTorch port's revision)
     dropout_masks: str = "hash"  # "hash" (HashDropout) or "threefry" (flax nn.Dropout)
     pooling: str = "tiles"  # "tiles" (max_pool_tiles) or "xla" (nn.max_pool)
+    weight_init: str = "flax"  # "flax" (Flax's defaults) or "torch" (Lua Torch's)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.pooling not in ("tiles", "xla"):
             raise ValueError(f"pooling must be 'tiles' or 'xla', got {self.pooling!r}")
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
+        torch = self.weight_init == "torch"
+
+        def initialisers(fan_in: int) -> dict:
+            """A layer's kernel and bias initialisers: Torch's for ``weight_init="torch"``."""
+            if not torch:
+                return {}
+            return {"kernel_init": torch_uniform(fan_in), "bias_init": torch_uniform(fan_in)}
+
+        def norm(y: jax.Array) -> jax.Array:
+            return batch_norm(train, weight_init=self.weight_init)(y)
 
         def pool(y: jax.Array, size: int) -> jax.Array:
             if self.pooling == "xla":
@@ -160,18 +178,23 @@ class LeNet(nn.Module):
             return max_pool_tiles(y, size)
 
         x = jnp.asarray(x, jnp.float32)
+        kernel = (5, 5)
         for i, (features, size) in enumerate(((20, 3), (50, 2))):
-            x = PatchConv(features, (5, 5), self.conv_implementation, name=f"Conv_{i}")(x)
-            if self.bn_after_pool:
-                x = batch_norm(train)(pool(nn.relu(x), size))
-            else:
-                x = pool(nn.relu(batch_norm(train)(x)), size)
+            conv = PatchConv(
+                features,
+                kernel,
+                self.conv_implementation,
+                name=f"Conv_{i}",
+                **initialisers(kernel[0] * kernel[1] * x.shape[-1]),
+            )
+            x = conv(x)
+            x = norm(pool(nn.relu(x), size)) if self.bn_after_pool else pool(nn.relu(norm(x)), size)
             x = dropout_layer(self.dropout, train=train, masks=self.dropout_masks)(x)
         x = x.reshape((x.shape[0], -1))  # 50 * 2 * 2 = 200 for 28x28 inputs
-        x = nn.Dense(500)(x)
-        x = nn.relu(batch_norm(train)(x) if self.dense_bn else x)
+        x = nn.Dense(500, **initialisers(x.shape[-1]))(x)
+        x = nn.relu(norm(x) if self.dense_bn else x)
         x = dropout_layer(self.dropout, train=train, masks=self.dropout_masks)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, **initialisers(x.shape[-1]))(x)
 
 
 class AllCNN(nn.Module):

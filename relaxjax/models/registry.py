@@ -33,6 +33,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     # nonlinearity in mnistfc (LeNet's layers are the Lua code's, as in ``lenet``).
     "mnistfc-dr": functools.partial(MnistFC, dropout=0.2, bn_after_relu=True),
     "lenet-dr": functools.partial(LeNet, dropout=0.25, bn_after_pool=True, dense_bn=False),
+    # ``lenet`` initialised as the Lua code's Torch layers are (``LeNet.weight_init``).
+    "lenet-torch-init": functools.partial(LeNet, weight_init="torch"),
 }
 
 #: The input (height, width, channels) each network is trained on in the papers: MNIST's

@@ -22,6 +22,7 @@ from relaxjax.train.loop import (
     TrainingDiverged,
     TrainingInterrupted,
     init_state,
+    load_run_state,
     run_epochs,
     train,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "init_state",
     "iterate_runs",
     "load_data",
+    "load_run_state",
     "make_eval_fn",
     "make_optimizer",
     "make_statistics_refresh",

@@ -61,6 +61,7 @@ from relaxjax.train.runs import (
     append_metrics,
     check_run_dir,
     fault_point,
+    read_config,
     read_metrics,
     reconcile_metrics,
     run_lock,
@@ -105,6 +106,60 @@ def init_state(
         train_key,
         jnp.zeros([2], jnp.float32),
     )
+
+
+def load_run_state(
+    run_dir: str | os.PathLike, model: models_lib.FunctionalModel, data: DataArrays
+) -> tuple[TrainState, dict[str, Any] | None]:
+    """The state a ``train`` run left in its newest checkpoint, and that checkpoint's record.
+
+    The run directory's ``config.json`` gives the optimizer whose state the checkpoint
+    holds; ``model`` and ``data`` must be the run's (``data`` sets the steps per epoch).
+    Nothing is moved or repaired: a damaged newest checkpoint raises, as ``train
+    --resume`` would report it.
+
+    Args:
+      run_dir: a run directory written by :func:`train` (``relaxjax train --run-dir``).
+      model: the run's model (:class:`relaxjax.models.FunctionalModel`).
+      data: the run's data (:class:`DataArrays`).
+
+    Returns:
+      ``(state, record)``: the :class:`TrainState` and the metrics record saved with it
+      (None for a mid-epoch checkpoint).
+
+    Raises:
+      ValueError: if the directory holds no checkpoint.
+      relaxjax.train.checkpoints.CheckpointError: if the newest one is damaged.
+
+    Example:
+      >>> import tempfile
+      >>> import jax, jax.numpy as jnp
+      >>> from pathlib import Path
+      >>> from relaxjax import train
+      >>> from relaxjax.models import get_model
+      >>> images = jax.random.normal(jax.random.key(0), (64, 4, 4, 1))
+      >>> labels = (images.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
+      >>> data = train.DataArrays(images, labels, images[:16], labels[:16], num_classes=2)
+      >>> model = get_model("mnistfc", num_classes=2, hidden=8)
+      >>> sgd = train.OptimizerConfig("sgd", lr=0.1)
+      >>> config = train.TrainConfig(optimizer=sgd, epochs=1.0, batch_size=16)
+      >>> with tempfile.TemporaryDirectory() as run_dir:
+      ...     _ = train.train(config, Path(run_dir), model=model, data=data, progress=False)
+      ...     state, record = train.load_run_state(run_dir, model, data)
+      epoch 1.00  train loss ...
+      >>> int(state.step), record["effective_epochs"]
+      (4, 1.0)
+    """
+    run_dir = Path(run_dir)
+    checkpoints = Checkpoints(run_dir)
+    if not checkpoints.steps():
+        raise ValueError(f"{run_dir}: no checkpoint (not a run directory of relaxjax train?)")
+    config = read_config(run_dir)
+    inner_steps = config.optimizer.inner_steps
+    steps_per_epoch = len(data.train_labels) // (config.batch_size * inner_steps)
+    tx = make_optimizer(config.optimizer, steps_per_epoch, seed=config.seed)
+    template = init_state(config, model, tx, data.train_images[:1])
+    return checkpoints.load(checkpoints.steps()[-1], template)
 
 
 def run_mesh(config: TrainConfig, log: Callable[[str], None]) -> Mesh | None:

@@ -9,9 +9,13 @@ of ``docs/deep-relaxation.md`` §2.3 and §3.3):
   (scope 100), floored at γ = 1;
 * L = 20 inner steps of size η′ = 0.1 (Entropy-Adam: 1e-3), Langevin noise
   ε = 1e-4 (none for HJ and Parle), running-average weight α = 0.75;
-* HEAT (``heat``), the Deep Relaxation research code's ``HEAT``: coupling 10
-  (scope γ = 0.1) without scoping, L = 100 inner steps of η′ = 0.1, ε = 1e-4, the
-  uniform average of the inner iterates, on every data set;
+* HEAT (``heat``), the defaults of the Deep Relaxation research code's ``HEAT``
+  class: coupling 10 (scope γ = 0.1) without scoping, L = 100 inner steps of
+  η′ = 0.1, ε = 1e-4, the uniform average of the inner iterates, on every data
+  set; its inner steps are plain SGD and its outer step that of the other
+  relaxations (the research code's ``main.py`` adds Nesterov momentum 0.9 to both
+  loops with an outer rate 0.1, and sets L and the coupling from its command line:
+  ``docs/deep-relaxation.md`` §4.2);
 * the outer step: Nesterov momentum 0.9, learning rate 1 on x − μ for the
   relaxations (``docs/conventions.md`` §3), 0.1 for SGD, 1e-3 for Adam, multiplied
   by 0.2 at 50% and 75% of the budget; weight decay 1e-3 on CIFAR, 0 on MNIST;
@@ -58,7 +62,8 @@ INNER_STEP_SIZE = {"entropy-adam": 1e-3}
 NOISELESS = ("hj", "parle")
 """Methods without Langevin noise by default."""
 HEAT = {"gamma": 0.1, "scoping": 0.0, "num_steps": 100}
-"""HEAT's settings (the research code's ``HEAT`` class: g0 = 10, g1 = 0, L = 100)."""
+"""HEAT's settings (the defaults of the research code's ``HEAT`` class: g0 = 10, g1 = 0,
+L = 100)."""
 PARLE_REPLICAS = 3
 """Parle's number of replicas n unless ``replicas=`` says otherwise."""
 DEFAULT_MODELS = {"mnist": "mnistfc", "cifar10": "allcnn", "cifar100": "allcnn"}

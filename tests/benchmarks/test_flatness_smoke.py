@@ -47,6 +47,20 @@ def test_flatness_benchmark_smoke(tmp_path, load_benchmark):
     before = (tmp_path / "runs" / "mnistfc-dr-sgd-s0" / "row.json").stat().st_mtime_ns
     assert flatness.main([*argv, "--report-only"]) == 0
     assert (tmp_path / "runs" / "mnistfc-dr-sgd-s0" / "row.json").stat().st_mtime_ns == before
+    # The report re-rendered from a results file alone (no run directories), keeping the
+    # rows' provenance and adding the report's; --rows-from trains nothing.
+    saved = tmp_path / "saved.json"
+    saved.write_text((tmp_path / "out" / "flatness.json").read_text())
+    again = [*argv[:-2], "--runs-dir", str(tmp_path / "none"), "--report-only"]
+    assert flatness.main([*again, "--rows-from", str(saved)]) == 0
+    rerendered = json.loads((tmp_path / "out" / "flatness.json").read_text())
+    assert rerendered["summary"] == result["summary"] and rerendered["rows"] == rows
+    source_date = json.loads(saved.read_text())["date"]
+    assert rerendered["date"] == source_date and rerendered["rows_from"] == str(saved)
+    assert f"- rows read from `{saved}`" in (tmp_path / "out" / "flatness.md").read_text()
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(SystemExit):
+        flatness.main([*argv, "--rows-from", str(saved)])  # it needs --report-only
 
 
 def test_train_with_is_relaxjax_train_loop(tmp_path, load_benchmark):

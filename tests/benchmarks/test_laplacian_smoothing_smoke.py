@@ -32,3 +32,8 @@ def test_laplacian_smoothing_benchmark_smoke(tmp_path, load_benchmark):
     assert 0 < variance["ratio"] < 1  # smoothing reduces the mini-batch gradient variance
     table = (tmp_path / "laplacian_smoothing.md").read_text()
     assert "| sgd | 0 | 1 |" in table and "| ls-sgd | 1 | 1 |" in table
+    # The smoothing alone, timed on a vector of the network's size by both paths.
+    solve = result["solve_timing"]
+    assert solve["n"] > 1000 and solve["static_sigma_ms"] > 0 and solve["traced_sigma_ms"] > 0
+    assert f"vector of the network's {solve['n']:,} parameters" in table
+    assert "**Cost.** An LS-SGD step costs" in table

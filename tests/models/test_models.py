@@ -415,3 +415,55 @@ def test_hash_dropout_keeps_the_rate_and_scale():
     )
     names = list(tree["intermediates"])
     assert len(names) == 3 and all(n.startswith("HashDropout") for n in names)
+
+
+def test_torch_init_draws_as_the_lua_codes_torch_layers():
+    """``lenet-torch-init``: kernels and biases uniform in ±1/√fan_in (Torch's ``nn.Linear``
+    and ``SpatialConvolution`` ``reset()``), BatchNorm scales uniform in [0, 1) and biases 0
+    (cudnn's ``BatchNormalization``); ``lenet`` keeps Flax's defaults in the same tree."""
+    model = models.get_model("lenet-torch-init")
+    params, _ = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    fan_in = {"Conv_0": 5 * 5 * 1, "Conv_1": 5 * 5 * 20, "Dense_0": 200, "Dense_1": 500}
+    for layer, n in fan_in.items():
+        bound = 1 / np.sqrt(n)
+        kernel, bias = np.asarray(params[layer]["kernel"]), np.asarray(params[layer]["bias"])
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+        assert np.std(kernel) == pytest.approx(bound / np.sqrt(3), rel=0.1)  # uniform's
+        assert np.abs(bias).min() > 0 and len(np.unique(bias)) == bias.size
+    for norm in ("BatchNorm_0", "BatchNorm_1"):
+        scale = np.asarray(params[norm]["scale"])
+        assert 0 <= scale.min() and scale.max() < 1 and np.std(scale) > 0.2  # U[0, 1): 0.29
+        assert np.all(np.asarray(params[norm]["bias"]) == 0)
+    flax_params = built("lenet")[1]
+    assert jax.tree.structure(flax_params) == jax.tree.structure(params)
+    assert np.all(np.asarray(flax_params["BatchNorm_1"]["scale"]) == 1)
+    assert np.all(np.asarray(flax_params["Dense_0"]["bias"]) == 0)
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        jax.eval_shape(
+            models.get_model("lenet", weight_init="kaiming").init,
+            jax.random.key(0),
+            jnp.zeros((1, 28, 28, 1)),
+        )
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        models.batch_norm(True, weight_init="torch7")
+    with pytest.raises(ValueError, match="fan_in must be >= 1"):
+        models.torch_uniform(0)
+
+
+def test_lenet_flax_init_is_the_one_before_weight_init_existed():
+    """``weight_init="flax"`` (the default) draws the same parameters as ``LeNet`` did
+    before the option: sums of |w| per leaf at key 0, recorded from that version."""
+    before = {
+        "BatchNorm_0/scale": 20.0, "BatchNorm_1/scale": 50.0, "Conv_0/kernel": 90.272,
+        "Conv_1/kernel": 919.1817, "Dense_0/kernel": 5819.1211, "Dense_1/kernel": 183.1634,
+    }  # fmt: skip
+    params = built("lenet")[1]
+    sums = {
+        "/".join(str(k.key) for k in path): float(np.abs(np.asarray(leaf)).sum())
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+    assert {k: v for k, v in sums.items() if k.endswith("bias")} == {
+        k: 0.0 for k in sums if k.endswith("bias")
+    }
+    for leaf, total in before.items():
+        assert sums[leaf] == pytest.approx(total, rel=1e-4), leaf
