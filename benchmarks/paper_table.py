@@ -163,6 +163,13 @@ VARIANTS = {
         paper="ES",
     ),
 }
+# The Lua code's MNIST input scaling too (utils.lua: (x − 126)/126), on top of `lua`.
+VARIANTS["lua-input"] = Variant(
+    {o: (*argv, "--input-scaling", "lua") for o, argv in VARIANTS["lua"].arguments.items()},
+    "the variant `lua` with the Lua code's MNIST input scaling, (x − 126)/126, in place of "
+    "per-channel standardisation",
+    paper="ES",
+)
 
 
 # The network of ``PAPER`` whose cells each other registered network is judged by.

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from relaxjax.train.config import INPUT_SCALINGS
 from relaxjax.train.optimizers import (
     INNER_SGD_RELAXATIONS,
     OPTIMIZERS,
@@ -125,6 +126,7 @@ FLAG_FIELDS = {
     "seed": "seed",
     "augment": "augment",
     "zca": "zca",
+    "input_scaling": "input_scaling",
     "data_dir": "data_dir",
     "train_limit": "train_limit",
     "test_limit": "test_limit",
@@ -300,6 +302,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--zca", action=argparse.BooleanOptionalAction, default=None, help="[CIFAR only]"
     )
     p.add_argument(
+        "--input-scaling",
+        choices=INPUT_SCALINGS,
+        default="channel",
+        help="without ZCA: channel = per-channel standardisation; lua = (x - 126)/126, the "
+        "Lua Entropy-SGD code's MNIST scaling [channel]",
+    )
+    p.add_argument(
         "--data-dir",
         default=None,
         help="where the data set is looked for first (then $RELAXJAX_DATA_DIR, the cache, "
@@ -451,6 +460,7 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         augment=args.augment,
         zca=args.zca,
+        input_scaling=args.input_scaling,
         data_dir=args.data_dir if args.data_dir is not None else _default_data_dir(),
         train_limit=args.train_limit,
         test_limit=args.test_limit,

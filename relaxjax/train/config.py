@@ -15,6 +15,13 @@ CIFAR = tuple(name for name in data_lib.DATASETS if name.startswith("cifar"))
 """The CIFAR data sets of ``relaxjax.data``: augmented and ZCA-whitened by default."""
 
 
+INPUT_SCALINGS = ("channel", "lua")
+"""``TrainConfig.input_scaling``'s values: per-channel standardisation, or the Lua
+Entropy-SGD code's (x − 126)/126."""
+LUA_PIXEL_OFFSET = 126.0
+"""The Lua Entropy-SGD code's MNIST scaling (``utils.lua``): x ← (x − 126)/126."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (saved as ``config.json`` in the run dir).
@@ -28,6 +35,9 @@ class TrainConfig:
       seed: seeds initialisation, data order, dropout, augmentation and noise.
       augment: random crops (padding 4) and horizontal flips; default: CIFAR only.
       zca: global contrast normalisation + ZCA whitening; default: CIFAR only.
+      input_scaling: without ZCA, how pixels are scaled: ``"channel"`` (default), each
+        channel standardised by the training set's mean and standard deviation;
+        ``"lua"``, (x − 126)/126, the Lua Entropy-SGD code's MNIST scaling.
         Otherwise images are normalised per channel.
       data_dir: where to look for the data first (see ``relaxjax.data``).
       eval_batch_size: batch size of the evaluation pass.
@@ -70,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool | None = None
     zca: bool | None = None
+    input_scaling: str = "channel"
     data_dir: str | None = None
     eval_batch_size: int = 1000
     train_limit: int | None = None
@@ -92,6 +103,15 @@ class TrainConfig:
             raise ValueError(f"refresh_batches must be >= 0, got {self.refresh_batches}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ValueError(
+                f"input_scaling must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}"
+            )
+        if self.input_scaling != "channel" and self.use_zca:
+            raise ValueError(
+                f"input_scaling={self.input_scaling!r} replaces the per-channel scaling, not "
+                "ZCA whitening: turn ZCA off (zca=False, --no-zca) to use it"
+            )
 
     @property
     def use_augmentation(self) -> bool:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from relaxjax import data as data_lib
-from relaxjax.train.config import DataArrays, TrainConfig
+from relaxjax.train.config import LUA_PIXEL_OFFSET, DataArrays, TrainConfig
 
 
 def _limited(images: np.ndarray, labels: np.ndarray, limit: int | None):
@@ -78,6 +78,11 @@ def load_data(config: TrainConfig) -> DataArrays:
     test_x, test_y = _limited(test_x, test_y, config.test_limit)
     if config.use_zca:
         train_f, test_f, _ = data_lib.zca_whiten(train_x, test_x)
+    elif config.input_scaling == "lua":
+        train_f, test_f = (
+            (np.asarray(x, np.float32) - LUA_PIXEL_OFFSET) / LUA_PIXEL_OFFSET
+            for x in (train_x, test_x)
+        )
     else:
         stats = data_lib.channel_stats(train_x)
         train_f, test_f = data_lib.normalize(train_x, stats), data_lib.normalize(test_x, stats)

@@ -1,5 +1,6 @@
 """The training command: end to end on MNIST, exact resume, plots, user models, bad names."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -338,3 +339,31 @@ def test_throughput_counts_the_steps_of_each_window(monkeypatch):
     assert meter.update(20) == pytest.approx(10 * 64 / 1.0)  # t = 103: only the new window
     meter.restart(20)  # t = 110: after an evaluation
     assert meter.update(25) == pytest.approx(5 * 64 / 0.5)  # t = 110.5
+
+
+def test_input_scaling_lua_is_the_lua_codes_and_channel_is_the_default(monkeypatch):
+    """``--input-scaling lua`` gives (x − 126)/126 (the Lua Entropy-SGD code's utils.lua);
+    the default standardises each channel by the training set's statistics; with ZCA the
+    option is refused, naming the problem."""
+    from relaxjax import data as data_lib
+    from relaxjax.train import TrainConfig, load_data
+
+    rng = np.random.default_rng(0)
+    splits = {
+        "train": (rng.integers(0, 256, (20, 28, 28, 1), np.uint8), np.arange(20) % 10),
+        "test": (rng.integers(0, 256, (8, 28, 28, 1), np.uint8), np.arange(8) % 10),
+    }
+    monkeypatch.setattr(data_lib, "load_dataset", lambda name, split, data_dir=None: splits[split])
+    argv = ["train", "--input-scaling", "lua", "--data-dir", "unused"]
+    config = cli.config_from_args(cli.build_parser().parse_args(argv))
+    assert config.input_scaling == "lua" and TrainConfig().input_scaling == "channel"
+    lua = load_data(config)
+    for got, split in ((lua.train_images, "train"), (lua.test_images, "test")):
+        np.testing.assert_allclose(np.asarray(got), (splits[split][0] - 126.0) / 126.0, rtol=1e-6)
+    channel = load_data(dataclasses.replace(config, input_scaling="channel"))
+    train = np.asarray(channel.train_images)
+    assert abs(train.mean()) < 1e-5 and abs(train.std() - 1) < 1e-3
+    with pytest.raises(ValueError, match="input_scaling must be one of"):
+        TrainConfig(input_scaling="minmax")
+    with pytest.raises(ValueError, match="turn ZCA off"):
+        TrainConfig(dataset="cifar10", input_scaling="lua")
