@@ -39,24 +39,20 @@ from relaxjax import models
 from relaxjax.train import (
     OptimizerConfig,
     TrainConfig,
+    enable_compilation_cache,
     load_data,
     load_run_state,
     make_eval_fn,
     make_statistics_refresh,
     train,
 )
+from relaxjax.train.runs import read_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _env import command_line, environment, provenance_lines, smoke_data, write_json  # noqa: E402
 
 # (name, batch size, batches fed) of each protocol.
 PROTOCOLS = (("relaxjax", 128, 50), ("lua", 1024, 58), ("pytorch", 128, 468))
-
-
-def run_config(run_dir: Path, data_dir: str | None) -> TrainConfig:
-    """The run's configuration, read from its directory (``data_dir`` replacing its own)."""
-    config = TrainConfig.from_json(json.loads((run_dir / "config.json").read_text()))
-    return config if data_dir is None else dataclasses.replace(config, data_dir=data_dir)
 
 
 def fed(n: int, batch_size: int, batches: int) -> tuple[int, int]:
@@ -68,7 +64,8 @@ def fed(n: int, batch_size: int, batches: int) -> tuple[int, int]:
 def measure(run_dir: Path, draws: int, data_dir=None, data=None, scale: float = 1.0) -> dict:
     """Test error (%) after each protocol, ``draws`` draws of the refresh batches each
     (``scale`` times each protocol's batches, for the smoke run)."""
-    config = run_config(run_dir, data_dir)
+    config = read_config(run_dir)
+    config = config if data_dir is None else dataclasses.replace(config, data_dir=data_dir)
     data = data if data is not None else load_data(config)
     model = models.get_model(config.model, num_classes=data.num_classes)
     state, record = load_run_state(run_dir, model, data)
@@ -157,6 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--smoke", action="store_true", help="trains a tiny run here first")
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # each run's refresh and evaluation: the same programs
     scale, data = 1.0, None
     with tempfile.TemporaryDirectory() as tmp:
         runs = [Path(r) for r in args.runs]

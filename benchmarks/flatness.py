@@ -979,7 +979,11 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
     path.write_text("\n".join(lines))
 
 
-def report(args, rows: list[dict[str, Any]], planned: int, data_name: str) -> dict[str, Any]:
+def report(
+    args, rows: list[dict[str, Any]], planned: int, data_name: str, source: dict | None = None
+) -> dict[str, Any]:
+    """Writes flatness.json, .md and .png for ``rows``; with ``source`` (the results file
+    ``--rows-from`` read) the rows keep its machine, versions and date."""
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
@@ -1013,8 +1017,7 @@ def report(args, rows: list[dict[str, Any]], planned: int, data_name: str) -> di
         "verdicts": verdicts(rows, summary),
         "rows": rows,
     }
-    if args.rows_from:  # the rows' provenance stays theirs; the report's is added
-        source = json.loads(Path(args.rows_from).read_text())
+    if source is not None:  # the rows' provenance stays theirs; the report's is added
         written = environment()
         result |= {key: source[key] for key in ("machine", "versions", "date")}
         result |= {
@@ -1038,7 +1041,7 @@ def rerender(args: argparse.Namespace) -> int:
     for key in ("models", "methods", "seeds", "epochs", "batch_size", "diagnostics"):
         setattr(args, key, config[key])
     args.gradients_per_effective_epoch = config["gradients_per_effective_epoch"]
-    result = report(args, source["rows"], config["planned_runs"], config["data"])
+    result = report(args, source["rows"], config["planned_runs"], config["data"], source)
     for line in result["verdicts"]:
         print(line, flush=True)
     return 0

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from relaxjax.cpu.layers import PatchConv, max_pool_tiles
-from relaxjax.models.layers import WEIGHT_INITS, batch_norm, dropout_layer, torch_uniform
+from relaxjax.models.layers import batch_norm, dropout_layer, torch_uniform
 
 
 class MnistFC(nn.Module):
@@ -159,13 +159,11 @@ class LeNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.pooling not in ("tiles", "xla"):
             raise ValueError(f"pooling must be 'tiles' or 'xla', got {self.pooling!r}")
-        if self.weight_init not in WEIGHT_INITS:
-            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
-        torch = self.weight_init == "torch"
 
         def initialisers(fan_in: int) -> dict:
-            """A layer's kernel and bias initialisers: Torch's for ``weight_init="torch"``."""
-            if not torch:
+            """A layer's kernel and bias initialisers: Torch's for ``weight_init="torch"``
+            (``batch_norm`` refuses any other value than ``WEIGHT_INITS``')."""
+            if self.weight_init != "torch":
                 return {}
             return {"kernel_init": torch_uniform(fan_in), "bias_init": torch_uniform(fan_in)}
 

@@ -35,10 +35,10 @@ class TrainConfig:
       seed: seeds initialisation, data order, dropout, augmentation and noise.
       augment: random crops (padding 4) and horizontal flips; default: CIFAR only.
       zca: global contrast normalisation + ZCA whitening; default: CIFAR only.
+        Otherwise images are scaled as ``input_scaling`` says.
       input_scaling: without ZCA, how pixels are scaled: ``"channel"`` (default), each
         channel standardised by the training set's mean and standard deviation;
         ``"lua"``, (x − 126)/126, the Lua Entropy-SGD code's MNIST scaling.
-        Otherwise images are normalised per channel.
       data_dir: where to look for the data first (see ``relaxjax.data``).
       eval_batch_size: batch size of the evaluation pass.
       train_limit: use only N training examples (smoke runs): the first N, or N
